@@ -1,0 +1,105 @@
+"""VQ-VAE anomalous-sound detector on DCASE2020 Task 2 style data.
+
+Train, then score:
+  vqax train --config configs/vqvae_dcase.py --workdir runs/vqvae --data_root /path/to/dev_data
+  vqax score --workdir runs/vqvae
+Variants: `configs/vqvae_dcase.py:demo` (the `make demo` size) and `:smoke` (seconds, for tests).
+Any field can be overridden with --config.<field>=<value>; the seed scripts' flag names are aliases
+(--batch_size, --n_patches, --stride, --epochs, --machine_type, --data_root, --norm_stats_path, ...).
+"""
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "vqvae"
+  c.seed = 0
+
+  # Data: the DCASE layout <data_root>/<machine_type>/{train,test}/ with .wav or precomputed .npy.
+  c.data_root = "data/synth_dcase"
+  c.machine_type = "all"  # one type, a comma list, or "all" folders under data_root
+  c.norm_stats_path = ""  # default: <workdir>/norm_stats.json (computed on the training split)
+  c.feature_cache_dir = ""  # optional folder for cached log-mel .npy files
+  c.worker_count = 0  # grain worker processes (0: read in the main process's threads)
+  c.skip_bad_files = False
+
+  # Batch: per-device clips x patches per clip; the model sees batch_size * n_patches patches a step.
+  c.batch_size = 16
+  c.n_patches = 16
+  c.stride = 32  # frames between patch starts
+
+  # Model (shared/SPEC.md section 1).
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder_channels = (32, 64, 96)
+  c.model.latent_dim = 64
+  c.model.num_embeddings = 128
+  c.model.upsample_impl = "subpixel"  # or "transpose" (same parameters, slower on XLA:CPU)
+
+  # Staged training, lengths in epochs: phase 1 VQ-only, phase 2 full loss, last phase3 epochs codebook frozen.
+  c.epochs = 40
+  c.phase1_epochs = 2
+  c.phase3_epochs = 5
+  c.commitment_cost = 0.25
+  c.commitment_warmup_start = 0.05
+  c.commitment_warmup_epochs = 5
+
+  # Optimiser: AdamW, linear warm-up then cosine decay over optimizer updates.
+  c.learning_rate = 1e-3
+  c.warmup_steps = 50
+  c.weight_decay = 1e-4
+  c.grad_clip_norm = 1.0
+  c.gradient_accumulation_steps = 1
+
+  # Memory (shared/SPEC.md section 4).
+  c.compute_dtype = "float32"  # or "bfloat16" (--use_amp); params and optimizer state stay float32
+  c.remat_policy = "none"  # per-block jax.checkpoint policy (--use_gradient_checkpointing -> "full")
+  c.memory_saver = False  # bfloat16 compute + per-block remat in one switch
+
+  # Parallelism and robustness.
+  c.device = "auto"  # auto, cpu, gpu or tpu
+  c.shard_params = False  # ZeRO-style: shard parameters and optimizer state over the data axis
+  c.nonfinite = "skip"  # non-finite loss/gradients: "skip" the update or "halt"
+
+  # Logging and checkpoints.
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200  # also at every epoch end and at the end of training
+  c.keep_checkpoints = 3
+
+  # Scoring.
+  c.score = ml_collections.ConfigDict()
+  c.score.method = "density"  # "density" (code-index NLL), "recon" (reconstruction MSE) or "both"
+  c.score.density_smoothing = 1.0  # additive (Laplace) smoothing of per-position code counts
+  c.score.density_per_id = True  # one density per machine ID (IDs are known at test time in DCASE)
+  c.score.stride = 32  # frames between patch starts when scoring (all patches of a clip)
+  c.score.max_fpr = 0.1
+
+  if variant == "demo":
+    # make demo: about 10 minutes on a 2-core CPU.
+    c.batch_size = 8
+    c.n_patches = 4
+    c.stride = 64
+    c.epochs = 20
+    c.phase1_epochs = 1
+    c.phase3_epochs = 3
+    c.commitment_warmup_epochs = 3
+    c.learning_rate = 2e-3
+    c.warmup_steps = 20
+    c.checkpoint_every_steps = 100
+  elif variant == "smoke":
+    # Seconds on CPU: a narrow model for tests.
+    c.batch_size = 4
+    c.n_patches = 2
+    c.stride = 64
+    c.epochs = 3
+    c.phase1_epochs = 1
+    c.phase3_epochs = 1
+    c.commitment_warmup_epochs = 1
+    c.model.encoder_channels = (8, 16, 16)
+    c.model.latent_dim = 16
+    c.model.num_embeddings = 32
+    c.warmup_steps = 2
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 4
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r}: expected '', 'demo' or 'smoke'")
+  return c

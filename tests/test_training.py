@@ -1,0 +1,83 @@
+"""The generic trainer on the VQ-VAE task: phases, warm-up, checkpoints and exact resume."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import smoke_config
+from vqax.tasks.vqvae import VQVAETask, commitment_weight
+from vqax.train import trainer
+from vqax.train.checkpointing import Checkpointer
+
+
+def test_commitment_weight_warms_up_linearly():
+  config = smoke_config("unused", commitment_warmup_start=0.05, commitment_cost=0.25, commitment_warmup_epochs=2)
+  values = [float(commitment_weight(config, step, steps_per_epoch=5)) for step in (0, 5, 10, 20)]
+  np.testing.assert_allclose(values, [0.05, 0.15, 0.25, 0.25], rtol=1e-6)
+  config.commitment_warmup_epochs = 0
+  assert float(commitment_weight(config, 0, 5)) == pytest.approx(0.25)
+
+
+def _params(workdir):
+  state, step = Checkpointer(workdir / "checkpoints").restore(None)
+  return state["params"], step
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(noise_tree, tmp_path):
+  config = smoke_config(noise_tree)
+  full = trainer.train(config, tmp_path / "full", progress=False)
+  trainer.train(config, tmp_path / "split", max_steps=5, progress=False)
+  resumed = trainer.train(config, tmp_path / "split", progress=False)
+  assert full["final_step"] == resumed["final_step"] == full["total_steps"]
+  losses_full = {h["step"]: h["loss"] for h in full["history"]}
+  losses_resumed = {h["step"]: h["loss"] for h in resumed["history"]}
+  assert min(losses_resumed) == 6  # the resumed run starts at the step after the checkpoint
+  for step, loss in losses_resumed.items():
+    assert loss == losses_full[step], f"step {step}: {loss} != {losses_full[step]}"
+  params_full, _ = _params(tmp_path / "full")
+  params_split, _ = _params(tmp_path / "split")
+  jax.tree.map(np.testing.assert_array_equal, params_full, params_split)
+
+
+def test_phases_freeze_the_right_parameters_and_compile_once(noise_tree, tmp_path):
+  config = smoke_config(noise_tree)
+  task = VQVAETask(config)
+  data = task.prepare_data(tmp_path)
+  t = trainer.make_trainer(config, task, data.steps_per_epoch)
+  assert [p.name for p in t.phases] == ["vq_only", "full", "frozen_codebook"]
+  state = t.init_state(task.batch_spec(config.batch_size))
+  iterator = iter(data.loader)
+  from vqax.train.sharding import global_batch
+
+  def run(phase, n, state):
+    step_fn = t.compile_train_step(phase)
+    before = jax.device_get(state.params)
+    for _ in range(n):
+      state, metrics = step_fn(state, global_batch(t.mesh, next(iterator)))
+    assert step_fn._cache_size() == 1  # one compile for the whole phase
+    return before, jax.device_get(state.params), state, metrics
+
+  vq_only, full, frozen = t.phases
+  before, after, state, metrics = run(vq_only, 2, state)
+  jax.tree.map(np.testing.assert_array_equal, before["decoder"], after["decoder"])
+  assert not np.array_equal(before["encoder"]["to_latent"]["kernel"], after["encoder"]["to_latent"]["kernel"])
+  assert not np.array_equal(before["quantizer"]["codebook"], after["quantizer"]["codebook"])
+  before, after, state, metrics = run(frozen, 2, state)
+  np.testing.assert_array_equal(before["quantizer"]["codebook"], after["quantizer"]["codebook"])
+  assert not np.array_equal(before["decoder"]["to_output"]["kernel"], after["decoder"]["to_output"]["kernel"])
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["perplexity"]) >= 1.0
+
+
+def test_nonfinite_updates_are_skipped_not_applied(noise_tree, tmp_path):
+  config = smoke_config(noise_tree)
+  task = VQVAETask(config)
+  data = task.prepare_data(tmp_path)
+  t = trainer.make_trainer(config, task, data.steps_per_epoch)
+  state = t.init_state(task.batch_spec(config.batch_size))
+  batch = next(iter(data.loader))
+  batch["patches"][0, 0, 0, 0, 0] = np.nan
+  from vqax.train.sharding import global_batch
+  before = jax.device_get(state.params)
+  state, metrics = t.compile_train_step(t.phases[1])(state, global_batch(t.mesh, batch))
+  assert not bool(metrics["finite"]) and int(state.nonfinite_steps) == 1 and int(state.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state.params))

@@ -1,0 +1,95 @@
+"""VQ-VAE for 64x64 log-mel patches (DCASE2020 Task 2 style anomalous-sound detection).
+
+Encoder 1 -> 32 -> 64 -> 96 channels by stride-2 convolutions (64x64 -> 8x8), a 3x3 conv to `latent_dim`,
+vector quantisation, and a mirrored decoder (8x8 -> 64x64 by stride-2 transposed convolutions, then a 3x3
+conv to one channel). Channels-last throughout. Each down/up block can be rematerialised.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vqax.memory.remat import maybe_remat
+from vqax.models.quantizer import VectorQuantizer
+from vqax.models.upsample import Upsample2x
+
+
+class DownBlock(nn.Module):
+  """Conv 4x4 stride 2 (PyTorch padding 1) + ReLU: halves height and width."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+    return nn.relu(x)
+
+
+class UpBlock(nn.Module):
+  """Transposed conv 4x4 stride 2 + ReLU: doubles height and width."""
+  features: int
+  upsample_impl: str = "subpixel"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(Upsample2x(self.features, impl=self.upsample_impl, dtype=self.dtype)(x))
+
+
+class Encoder(nn.Module):
+  channels: Sequence[int] = (32, 64, 96)
+  latent_dim: int = 64
+  dtype: jnp.dtype = jnp.float32
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, x):
+    block = maybe_remat(DownBlock, self.remat_policy)
+    for i, features in enumerate(self.channels):
+      x = block(features, dtype=self.dtype, name=f"down{i}")(x)
+    return nn.Conv(self.latent_dim, (3, 3), padding="SAME", dtype=self.dtype, name="to_latent")(x)
+
+
+class Decoder(nn.Module):
+  channels: Sequence[int] = (96, 64, 32)
+  out_channels: int = 1
+  upsample_impl: str = "subpixel"
+  dtype: jnp.dtype = jnp.float32
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, z):
+    block = maybe_remat(UpBlock, self.remat_policy)
+    x = z
+    for i, features in enumerate(self.channels):
+      x = block(features, upsample_impl=self.upsample_impl, dtype=self.dtype, name=f"up{i}")(x)
+    return nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype, name="to_output")(x)
+
+
+class VQVAE(nn.Module):
+  """x [N, 64, 64, 1] -> (reconstruction [N, 64, 64, 1] float32, aux).
+
+  aux: codes [N, 8, 8], codebook_loss, commitment_loss, perplexity, usage, code_counts.
+  """
+  encoder_channels: Sequence[int] = (32, 64, 96)
+  latent_dim: int = 64
+  num_embeddings: int = 128
+  upsample_impl: str = "subpixel"
+  dtype: jnp.dtype = jnp.float32
+  remat_policy: str = "none"
+
+  def setup(self):
+    self.encoder = Encoder(self.encoder_channels, self.latent_dim, self.dtype, self.remat_policy)
+    self.quantizer = VectorQuantizer(self.num_embeddings, self.latent_dim)
+    self.decoder = Decoder(tuple(reversed(self.encoder_channels)), 1, self.upsample_impl, self.dtype,
+                           self.remat_policy)
+
+  def encode(self, x):
+    """Patches -> (quantised latents, aux with codes); used by scoring without decoding."""
+    return self.quantizer(self.encoder(x.astype(self.dtype)))
+
+  def __call__(self, x):
+    quantized, aux = self.encode(x)
+    reconstruction = self.decoder(quantized.astype(self.dtype)).astype(jnp.float32)
+    return reconstruction, aux

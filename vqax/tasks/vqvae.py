@@ -1,0 +1,154 @@
+"""VQ-VAE anomalous-sound detection task: data preparation, staged loss, phases.
+
+Phases (lengths in epochs from the config):
+  1 "vq_only":  codebook + commitment terms only; encoder and codebook train (the decoder has no loss).
+  2 "full":     reconstruction + codebook + commitment; everything trains.
+  3 "frozen_codebook": full loss; the codebook is frozen, encoder and decoder keep adapting to it.
+"""
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqax.audio.features import LogMelConfig
+from vqax.data import dcase, dcase_loader
+from vqax.errors import ConfigError, DataError
+from vqax.memory.policy import memory_settings
+from vqax.models.upsample import UPSAMPLE_IMPLS
+from vqax.models.vqvae import VQVAE
+from vqax.tasks.base import Phase, TrainData
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config) -> VQVAE:
+  memory = memory_settings(config)
+  m = config.model
+  if m.upsample_impl not in UPSAMPLE_IMPLS:
+    raise ConfigError(f"model.upsample_impl={m.upsample_impl!r}: expected one of {', '.join(UPSAMPLE_IMPLS)}")
+  return VQVAE(encoder_channels=tuple(m.encoder_channels), latent_dim=int(m.latent_dim),
+               num_embeddings=int(m.num_embeddings), upsample_impl=m.upsample_impl, dtype=memory.dtype,
+               remat_policy=memory.remat_policy)
+
+
+def validate_config(config) -> None:
+  """Range checks that need no data, so a bad value fails before any long work."""
+  for name in ("batch_size", "n_patches", "stride", "epochs"):
+    if int(config[name]) <= 0:
+      raise ConfigError(f"{name}={config[name]}: expected a positive integer")
+  for name in ("phase1_epochs", "phase3_epochs", "commitment_warmup_epochs"):
+    if int(config[name]) < 0:
+      raise ConfigError(f"{name}={config[name]}: expected an integer >= 0")
+  if config.phase1_epochs + config.phase3_epochs > config.epochs:
+    raise ConfigError(f"phase1_epochs + phase3_epochs = {config.phase1_epochs + config.phase3_epochs} exceeds "
+                      f"epochs={config.epochs}")
+  if config.score.method not in ("density", "recon", "both"):
+    raise ConfigError(f"score.method={config.score.method!r}: expected density, recon or both")
+  if config.nonfinite not in ("skip", "halt"):
+    raise ConfigError(f"nonfinite={config.nonfinite!r}: expected skip or halt")
+  if int(config.model.latent_dim) <= 0 or int(config.model.num_embeddings) <= 1:
+    raise ConfigError("model.latent_dim must be > 0 and model.num_embeddings > 1")
+  memory_settings(config)
+
+
+def commitment_weight(config, step, steps_per_epoch: int):
+  """Linear warm-up from commitment_warmup_start to commitment_cost over commitment_warmup_epochs."""
+  warmup_steps = int(config.commitment_warmup_epochs) * steps_per_epoch
+  start, end = float(config.commitment_warmup_start), float(config.commitment_cost)
+  if warmup_steps <= 0:
+    return jnp.asarray(end, jnp.float32)
+  fraction = jnp.clip(jnp.asarray(step, jnp.float32) / warmup_steps, 0.0, 1.0)
+  return start + (end - start) * fraction
+
+
+def load_train_features(records, feature_config, cache_dir, skip_bad_files):
+  """Features of every training clip (also validates every file up front). Returns (kept, features, bad)."""
+  kept, features, bad = [], [], []
+  for record in records:
+    try:
+      features.append(dcase.load_features(record, feature_config, cache_dir or None))
+      kept.append(record)
+    except DataError as e:
+      if not skip_bad_files:
+        raise
+      log.warning("skipping bad file: %s", e)
+      bad.append(str(e))
+  return kept, features, bad
+
+
+class VQVAETask:
+  name = "vqvae"
+
+  def __init__(self, config):
+    validate_config(config)
+    self.config = config
+    self.model = build_model(config)
+    self.feature_config = LogMelConfig()
+    self.steps_per_epoch = None
+
+  # --- data ------------------------------------------------------------------------------------------
+
+  def prepare_data(self, workdir) -> TrainData:
+    c = self.config
+    machine_types = dcase.resolve_machine_types(c.data_root, c.machine_type)
+    records = dcase.list_clips(c.data_root, machine_types, "train")
+    records, features, bad = load_train_features(records, self.feature_config, c.feature_cache_dir,
+                                                 c.skip_bad_files)
+    if not records:
+      raise DataError(f"data_root {c.data_root}: no usable training clips")
+    shortest = min(f.shape[1] for f in features)
+    if c.stride > shortest:
+      raise ConfigError(f"stride={c.stride} frames exceeds the shortest training clip ({shortest} frames)")
+    stats_path = pathlib.Path(c.norm_stats_path or pathlib.Path(workdir) / "norm_stats.json")
+    if c.norm_stats_path and stats_path.is_file():
+      norm_stats = dcase.load_norm_stats(stats_path, machine_types)
+    else:
+      by_type = {}
+      for record, feats in zip(records, features):
+        by_type.setdefault(record.machine_type, []).append(feats)
+      dcase.save_norm_stats(stats_path, dcase.compute_norm_stats(by_type))
+      norm_stats = dcase.load_norm_stats(stats_path, machine_types)
+    del features
+    global_batch = int(c.batch_size) * jax.device_count()
+    self.steps_per_epoch = max(1, len(records) // global_batch)
+    local_batch = int(c.batch_size) * jax.local_device_count()
+    loader = dcase_loader.train_loader(records, norm_stats, batch_size=local_batch, n_patches=int(c.n_patches),
+                                       stride=int(c.stride), seed=int(c.seed), worker_count=int(c.worker_count),
+                                       cache_dir=c.feature_cache_dir or None, feature_config=self.feature_config)
+    summary = {"machine_types": machine_types, "train_clips": len(records), "bad_files": bad,
+               "norm_stats_path": str(stats_path)}
+    return TrainData(loader, self.steps_per_epoch, samples_per_step=global_batch * int(c.n_patches),
+                     sample_unit="patches", summary=summary)
+
+  def batch_spec(self, global_batch: int):
+    return {"patches": jax.ShapeDtypeStruct((global_batch, int(self.config.n_patches), 64, 64, 1), jnp.float32)}
+
+  # --- model and loss --------------------------------------------------------------------------------
+
+  def init_variables(self, rng, batch):
+    return dict(self.model.init(rng, jnp.zeros((1, 64, 64, 1), jnp.float32)))
+
+  def phases(self, steps_per_epoch: int, total_steps: int) -> list[Phase]:
+    self.steps_per_epoch = steps_per_epoch
+    c = self.config
+    p1_end = int(c.phase1_epochs) * steps_per_epoch
+    p3_start = total_steps - int(c.phase3_epochs) * steps_per_epoch
+    return [
+        Phase("vq_only", 0, p1_end, lambda path: path[0] in ("encoder", "quantizer")),
+        Phase("full", p1_end, p3_start),
+        Phase("frozen_codebook", p3_start, total_steps, lambda path: path[0] != "quantizer"),
+    ]
+
+  def loss_fn(self, params, model_state, batch, rng, step, phase: Phase):
+    patches = batch["patches"].reshape(-1, 64, 64, 1)
+    reconstruction, aux = self.model.apply({"params": params}, patches)
+    recon_loss = jnp.mean((reconstruction - patches) ** 2)
+    beta = commitment_weight(self.config, step, self.steps_per_epoch or 1)
+    vq_loss = aux["codebook_loss"] + beta * aux["commitment_loss"]
+    loss = vq_loss if phase.name == "vq_only" else recon_loss + vq_loss
+    metrics = {"recon_loss": recon_loss, "codebook_loss": aux["codebook_loss"],
+               "commitment_loss": aux["commitment_loss"], "commitment_weight": beta,
+               "perplexity": aux["perplexity"], "codebook_usage": aux["usage"]}
+    return loss.astype(jnp.float32), (model_state, metrics)

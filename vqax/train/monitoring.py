@@ -1,0 +1,65 @@
+"""Progress bar, TensorBoard scalars and memory readings for long runs."""
+import os
+import time
+
+import jax
+import psutil
+from tqdm import tqdm
+
+
+def memory_reading() -> dict[str, float]:
+  """Device bytes in use / peak where the backend reports them (GPU, TPU); host RSS always."""
+  out = {"host_rss_gib": psutil.Process(os.getpid()).memory_info().rss / 2**30}
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # some backends raise instead of returning None
+    stats = {}
+  if "bytes_in_use" in stats:
+    out["device_in_use_gib"] = stats["bytes_in_use"] / 2**30
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_gib"] = stats["peak_bytes_in_use"] / 2**30
+  return out
+
+
+class Monitor:
+  """One place for everything printed or written while training (only process 0 writes)."""
+
+  def __init__(self, workdir, *, total_steps: int, start_step: int, sample_unit: str, enabled: bool = True,
+               tensorboard: bool = True):
+    self.enabled = enabled and jax.process_index() == 0
+    self.sample_unit = sample_unit
+    self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                     disable=not self.enabled, mininterval=1.0)
+    self._writer = None
+    if self.enabled and tensorboard:
+      from tensorboardX import SummaryWriter
+      self._writer = SummaryWriter(str(os.path.join(workdir, "tensorboard")))
+    self._last_time = time.perf_counter()
+    self._last_step = start_step
+
+  def step(self, n: int = 1):
+    self._bar.update(n)
+
+  def log(self, step: int, scalars: dict[str, float], samples_per_step: int):
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 1)
+    rate = steps / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    scalars = dict(scalars, steps_per_sec=rate, **{f"{self.sample_unit}_per_sec": rate * samples_per_step})
+    scalars.update(memory_reading())
+    if self.enabled:
+      shown = {k: scalars[k] for k in ("loss", "steps_per_sec", "device_in_use_gib", "host_rss_gib") if k in scalars}
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+      if self._writer is not None:
+        for key, value in scalars.items():
+          self._writer.add_scalar(key, float(value), step)
+    return scalars
+
+  def write(self, message: str):
+    if self.enabled:
+      self._bar.write(message)
+
+  def close(self):
+    self._bar.close()
+    if self._writer is not None:
+      self._writer.close()
