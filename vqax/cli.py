@@ -61,6 +61,12 @@ def _add_demo(sub):
   p.add_argument("--config", default="configs/vqvae_dcase.py:demo")
 
 
+# Extra subcommands live in their own modules: (name, "module:function" for add_arguments and run).
+# Each module defines add_arguments(subparsers) and run(args, extra) -> int | None.
+PLUGIN_COMMANDS = [
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="vqax", description=__doc__.split("\n\n")[0])
   parser.add_argument("-v", "--verbose", action="store_true")
@@ -69,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
   _add_score(sub)
   _add_synth(sub)
   _add_demo(sub)
+  for module_name in PLUGIN_COMMANDS:
+    _plugin(module_name).add_arguments(sub)
   return parser
+
+
+def _plugin(module_name):
+  import importlib
+  return importlib.import_module(module_name)
 
 
 def _kwargs(args, names):
@@ -159,7 +172,11 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[vqax] %(message)s")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
-    COMMANDS[args.command](args, extra)
+    if args.command in COMMANDS:
+      COMMANDS[args.command](args, extra)
+    else:
+      module = next(_plugin(m) for m in PLUGIN_COMMANDS if args.command in getattr(_plugin(m), "COMMAND_NAMES", ()))
+      module.run(args, extra)
   except VqaxError as e:
     print(f"vqax: error: {e}", file=sys.stderr)
     return 2
