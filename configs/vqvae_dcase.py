@@ -42,6 +42,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.commitment_cost = 0.25
   c.commitment_warmup_start = 0.05
   c.commitment_warmup_epochs = 5
+  # Dead-code revival: a code whose EMA share of assignments falls below dead_code_threshold / K is moved
+  # onto a recent encoder output (0 disables). Usage starts at 0, so step 1 seeds the codebook from data.
+  c.dead_code_threshold = 0.03
+  c.dead_code_decay = 0.95
 
   # Optimiser: AdamW, linear warm-up then cosine decay over optimizer updates.
   c.learning_rate = 1e-3
@@ -57,7 +61,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # Parallelism and robustness.
   c.device = "auto"  # auto, cpu, gpu or tpu
-  c.shard_params = False  # ZeRO-style: shard parameters and optimizer state over the data axis
+  c.shard_params = False  # ZeRO-3/FSDP-style: shard parameters and optimizer state over the data axis
+  c.shard_opt_state = False  # ZeRO-1-style: shard only the optimizer state (parameters stay replicated)
+  # Multi-host (vqax/train/distributed.py); unset ("" / -1) falls back to VQAX_* / JAX_* environment variables.
+  c.coordinator_address = ""  # host:port of process 0
+  c.num_processes = -1
+  c.process_id = -1
   c.nonfinite = "skip"  # non-finite loss/gradients: "skip" the update or "halt"
 
   # Logging and checkpoints.

@@ -81,3 +81,31 @@ def test_nonfinite_updates_are_skipped_not_applied(noise_tree, tmp_path):
   state, metrics = t.compile_train_step(t.phases[1])(state, global_batch(t.mesh, batch))
   assert not bool(metrics["finite"]) and int(state.nonfinite_steps) == 1 and int(state.step) == 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state.params))
+
+
+def test_dead_codes_are_revived_onto_encoder_outputs(noise_tree, tmp_path):
+  config = smoke_config(noise_tree)
+  task = VQVAETask(config)
+  data = task.prepare_data(tmp_path)
+  t = trainer.make_trainer(config, task, data.steps_per_epoch)
+  state = t.init_state(task.batch_spec(config.batch_size))
+  from vqax.train.sharding import global_batch
+  step_fn = t.compile_train_step(t.phases[1])
+  state, _ = step_fn(state, global_batch(t.mesh, next(iter(data.loader))))
+  # Usage starts at zero: after step 1 every code unused by the batch sits on one of its encoder outputs
+  # and gets a grace share of 1/K; the codes the batch used keep their gradient-updated value.
+  codebook = np.asarray(state.params["quantizer"]["codebook"])
+  recent = np.asarray(state.model_state["vq"]["recent_latents"])
+  revived = np.asarray(state.model_state["vq"]["usage"]) == np.float32(1.0 / codebook.shape[0])
+  assert revived.sum() >= codebook.shape[0] // 2
+  np.testing.assert_array_equal(codebook[revived], recent[revived])
+  assert not np.any(np.all(codebook[~revived] == recent[~revived], axis=1))
+  # With revival off, the codebook moves only by its (tiny) gradient step.
+  config.dead_code_threshold = 0.0
+  task_off = VQVAETask(config)
+  task_off.prepare_data(tmp_path / "off")
+  t_off = trainer.make_trainer(config, task_off, data.steps_per_epoch)
+  state_off = t_off.init_state(task_off.batch_spec(config.batch_size))
+  initial = np.asarray(state_off.params["quantizer"]["codebook"])
+  state_off, _ = t_off.compile_train_step(t_off.phases[1])(state_off, global_batch(t_off.mesh, next(iter(data.loader))))
+  assert np.abs(np.asarray(state_off.params["quantizer"]["codebook"]) - initial).max() < 1e-2

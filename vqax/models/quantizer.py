@@ -50,6 +50,7 @@ class VectorQuantizer(nn.Module):
     straight_through = flat + jax.lax.stop_gradient(quantized - flat)
     aux = {
         "codes": codes.reshape(z.shape[:-1]),
+        "latents": jax.lax.stop_gradient(flat),  # encoder outputs, for dead-code revival
         "codebook_loss": codebook_loss,
         "commitment_loss": commitment_loss,
         **code_statistics(codes, self.num_embeddings),

@@ -9,6 +9,7 @@ import logging
 import pathlib
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -108,7 +109,11 @@ class VQVAETask:
       by_type = {}
       for record, feats in zip(records, features):
         by_type.setdefault(record.machine_type, []).append(feats)
-      dcase.save_norm_stats(stats_path, dcase.compute_norm_stats(by_type))
+      stats = dcase.compute_norm_stats(by_type)
+      if jax.process_index() == 0:  # every process computes the same; one writes, the others wait for it
+        dcase.save_norm_stats(stats_path, stats)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("vqax norm stats written")
       norm_stats = dcase.load_norm_stats(stats_path, machine_types)
     del features
     global_batch = int(c.batch_size) * jax.device_count()
@@ -128,7 +133,12 @@ class VQVAETask:
   # --- model and loss --------------------------------------------------------------------------------
 
   def init_variables(self, rng, batch):
-    return dict(self.model.init(rng, jnp.zeros((1, 64, 64, 1), jnp.float32)))
+    variables = dict(self.model.init(rng, jnp.zeros((1, 64, 64, 1), jnp.float32)))
+    k, d = int(self.config.model.num_embeddings), int(self.config.model.latent_dim)
+    # Codebook bookkeeping for dead-code revival: usage starts at zero, so the first step seeds every
+    # code from the encoder's outputs (a data-dependent initialisation).
+    variables["vq"] = {"usage": jnp.zeros((k,), jnp.float32), "recent_latents": jnp.zeros((k, d), jnp.float32)}
+    return variables
 
   def phases(self, steps_per_epoch: int, total_steps: int) -> list[Phase]:
     self.steps_per_epoch = steps_per_epoch
@@ -148,7 +158,42 @@ class VQVAETask:
     beta = commitment_weight(self.config, step, self.steps_per_epoch or 1)
     vq_loss = aux["codebook_loss"] + beta * aux["commitment_loss"]
     loss = vq_loss if phase.name == "vq_only" else recon_loss + vq_loss
+    model_state = self._track_codes(model_state, aux, rng)
     metrics = {"recon_loss": recon_loss, "codebook_loss": aux["codebook_loss"],
                "commitment_loss": aux["commitment_loss"], "commitment_weight": beta,
                "perplexity": aux["perplexity"], "codebook_usage": aux["usage"]}
+    if "vq" in model_state:
+      metrics["dead_codes"] = jnp.sum(model_state["vq"]["usage"] < float(self.config.dead_code_threshold) /
+                                      model_state["vq"]["usage"].shape[0])
     return loss.astype(jnp.float32), (model_state, metrics)
+
+  # --- dead codes ------------------------------------------------------------------------------------
+
+  def _track_codes(self, model_state, aux, rng):
+    """EMA of each code's share of assignments, and a random sample of this batch's encoder outputs."""
+    if "vq" not in model_state:
+      return model_state
+    decay = float(self.config.dead_code_decay)
+    share = aux["code_counts"] / jnp.maximum(aux["code_counts"].sum(), 1)
+    usage = decay * model_state["vq"]["usage"] + (1.0 - decay) * share
+    latents = aux["latents"]
+    k = usage.shape[0]
+    rows = jax.random.choice(jax.random.fold_in(rng, 1), latents.shape[0], (k,), replace=latents.shape[0] < k)
+    return dict(model_state, vq={"usage": usage, "recent_latents": latents[rows]})
+
+  def after_update(self, params, model_state, rng, phase: Phase):
+    """Revive dead codes (big_vision UViM / Jukebox style): a code whose usage share fell below
+    dead_code_threshold / K is moved onto a recent encoder output, so no code stays unused for long.
+    Not in the frozen-codebook phase, and never when dead_code_threshold is 0."""
+    threshold = float(self.config.dead_code_threshold)
+    if threshold <= 0 or phase.name == "frozen_codebook" or "vq" not in model_state:
+      return params, model_state
+    vq = model_state["vq"]
+    k = vq["usage"].shape[0]
+    dead = vq["usage"] < threshold / k
+    codebook = params["quantizer"]["codebook"]
+    codebook = jnp.where(dead[:, None], vq["recent_latents"].astype(codebook.dtype), codebook)
+    # A revived code gets a grace period of one uniform share before it can be declared dead again.
+    usage = jnp.where(dead, 1.0 / k, vq["usage"])
+    params = dict(params, quantizer=dict(params["quantizer"], codebook=codebook))
+    return params, dict(model_state, vq=dict(vq, usage=usage))

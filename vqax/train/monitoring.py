@@ -1,5 +1,6 @@
 """Progress bar, TensorBoard scalars and memory readings for long runs."""
 import os
+import sys
 import time
 
 import jax
@@ -24,12 +25,15 @@ def memory_reading() -> dict[str, float]:
 class Monitor:
   """One place for everything printed or written while training (only process 0 writes)."""
 
-  def __init__(self, workdir, *, total_steps: int, start_step: int, sample_unit: str, enabled: bool = True,
+  def __init__(self, workdir, *, total_steps: int, start_step: int, sample_unit: str, progress_bar: bool = True,
                tensorboard: bool = True):
-    self.enabled = enabled and jax.process_index() == 0
+    """progress_bar=False (or stderr not a terminal) prints one line per log interval instead of a bar."""
+    self.enabled = jax.process_index() == 0
     self.sample_unit = sample_unit
+    self.total_steps = total_steps
+    self._use_bar = self.enabled and progress_bar and sys.stderr.isatty()
     self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-                     disable=not self.enabled, mininterval=1.0)
+                     disable=not self._use_bar, mininterval=1.0)
     self._writer = None
     if self.enabled and tensorboard:
       from tensorboardX import SummaryWriter
@@ -48,8 +52,13 @@ class Monitor:
     scalars = dict(scalars, steps_per_sec=rate, **{f"{self.sample_unit}_per_sec": rate * samples_per_step})
     scalars.update(memory_reading())
     if self.enabled:
-      shown = {k: scalars[k] for k in ("loss", "steps_per_sec", "device_in_use_gib", "host_rss_gib") if k in scalars}
-      self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+      shown = {k: scalars[k] for k in ("loss", "steps_per_sec", f"{self.sample_unit}_per_sec", "device_in_use_gib",
+                                       "device_peak_gib", "host_rss_gib") if k in scalars}
+      if self._use_bar:
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+      else:
+        print(f"[vqax] step {step}/{self.total_steps} " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()),
+              flush=True)
       if self._writer is not None:
         for key, value in scalars.items():
           self._writer.add_scalar(key, float(value), step)
@@ -57,7 +66,10 @@ class Monitor:
 
   def write(self, message: str):
     if self.enabled:
-      self._bar.write(message)
+      if self._use_bar:
+        self._bar.write(message)
+      else:
+        print(message, flush=True)
 
   def close(self):
     self._bar.close()

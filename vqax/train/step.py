@@ -35,6 +35,8 @@ def train_step(state: TrainState, batch, *, task, tx: optax.GradientTransformati
   updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
   updates = _zero_frozen(updates, mask)
   params = optax.apply_updates(state.params, updates)
+  if hasattr(task, "after_update"):  # e.g. dead-code revival: state edits outside the gradient path
+    params, model_state = task.after_update(params, model_state, rng, phase)
 
   def keep_if_finite(new, old):
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

@@ -17,6 +17,7 @@ import numpy as np
 from vqax import config_loading
 from vqax.errors import CheckpointError, ConfigError, VqaxError
 from vqax.tasks.base import Phase, total_steps
+from vqax.train import distributed
 from vqax.train import sharding as sharding_lib
 from vqax.train.checkpointing import Checkpointer, abstract_like
 from vqax.train.monitoring import Monitor
@@ -49,7 +50,7 @@ def prepare_workdir(workdir, config) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_test"
+    probe = workdir / f".write_test.{jax.process_index()}"  # one per process: no races
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -62,7 +63,7 @@ def prepare_workdir(workdir, config) -> pathlib.Path:
         raise CheckpointError(
             f"--workdir {workdir} holds checkpoints of a different '{key}' config; use a new --workdir "
             f"or the original settings (saved in {saved})")
-  tmp = workdir / "config.json.tmp"
+  tmp = workdir / f"config.json.tmp.{jax.process_index()}"
   tmp.write_text(config_loading.config_to_json(config))
   tmp.replace(saved)
   return workdir
@@ -114,7 +115,8 @@ def make_trainer(config, task, steps_per_epoch: int, devices=None) -> Trainer:
   batch_spec = task.batch_spec(config.batch_size * mesh.size)
   abstract = jax.eval_shape(
       lambda rng: _abstract_state(task, tx, rng, batch_spec), jax.random.PRNGKey(0))
-  state_sh = sharding_lib.state_shardings(mesh, abstract, bool(config.get("shard_params", False)))
+  state_sh = sharding_lib.state_shardings(mesh, abstract, bool(config.get("shard_params", False)),
+                                          bool(config.get("shard_opt_state", False)))
   return Trainer(config, task, mesh, tx, schedule, state_sh, sharding_lib.batch_sharding(mesh), steps_per_epoch,
                  n_steps, phases)
 
@@ -156,6 +158,7 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
 
   max_steps stops early after that global step (tests, benchmarks); the schedule still spans the config.
   """
+  distributed.maybe_initialize(config)  # multi-host: before anything touches a device
   workdir = prepare_workdir(workdir, config)
   task = task or build_task(config)
   data = task.prepare_data(workdir)
@@ -166,7 +169,8 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
   if jax.process_index() == 0:
     print(f"[vqax] {task.name}: {mesh.size} device(s) x {jax.process_count()} process(es); global batch = "
           f"{config.batch_size} per device x {mesh.size} devices x {accumulation} accumulation = {global_batch}; "
-          f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps", flush=True)
+          f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps; "
+          f"{sharding_lib.describe(config)}", flush=True)
 
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=int(config.keep_checkpoints))
   data_iterator = iter(data.loader)
@@ -182,7 +186,7 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
   end = trainer.total_steps if max_steps is None else min(trainer.total_steps, max_steps)
   compiled = {}
   monitor = Monitor(workdir, total_steps=trainer.total_steps, start_step=start, sample_unit=data.sample_unit,
-                    enabled=progress)
+                    progress_bar=progress)
   history, pending, last_saved = [], [], restored_step
   log_every = max(int(config.log_every_steps), 1)
   stopped_by = None
