@@ -21,7 +21,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.norm_stats_path = ""  # default: <workdir>/norm_stats.json (computed on the training split)
   c.feature_cache_dir = ""  # optional folder for cached log-mel .npy files
   c.worker_count = 0  # grain worker processes (0: read in the main process's threads)
-  c.skip_bad_files = False
+  c.skip_bad_files = False  # log each unreadable clip once and train without it (counted in the summary)
+  c.resample = False  # clips at another sample rate: resample to 16 kHz (True) or reject (False)
+  c.stereo = "downmix"  # multi-channel clips: "downmix" (average, with a note) or "reject"
 
   # Batch: per-device clips x patches per clip; the model sees batch_size * n_patches patches a step.
   c.batch_size = 16
@@ -57,7 +59,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Memory (shared/SPEC.md section 4).
   c.compute_dtype = "float32"  # or "bfloat16" (--use_amp); params and optimizer state stay float32
   c.remat_policy = "none"  # per-block jax.checkpoint policy (--use_gradient_checkpointing -> "full")
-  c.memory_saver = False  # bfloat16 compute + per-block remat in one switch
+  c.remat_groups = 4  # with remat on, encoder/decoder run over this many groups of patches in turn
+  c.memory_saver = False  # bfloat16 compute + remat (per block and per patch group) in one switch
 
   # Parallelism and robustness.
   c.device = "auto"  # auto, cpu, gpu or tpu

@@ -21,6 +21,9 @@ class LogMelConfig:
   f_min: float = 0.0
   f_max: float | None = None
   eps: float = 1e-10
+  # How files become waveforms: resample other rates (else reject), average stereo channels (else reject).
+  resample: bool = False
+  downmix: bool = True
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,10 +1,13 @@
 """Reading audio files with clear errors (soundfile/libsndfile: wav, flac, ogg)."""
+import logging
 import pathlib
 
 import numpy as np
 import soundfile as sf
 
 from vqax.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_audio(path, sample_rate: int, *, resample: bool = False, downmix: bool = True,
@@ -26,6 +29,7 @@ def read_audio(path, sample_rate: int, *, resample: bool = False, downmix: bool 
   if wave.shape[1] > 1:
     if not downmix:
       raise DataError(f"{path}: expected mono audio, got {wave.shape[1]} channels (set downmix=True to average them)")
+    log.warning("%s: averaged %d channels to mono", path, wave.shape[1])
     wave = wave.mean(axis=1, keepdims=True)
   wave = wave[:, 0]
   if rate != sample_rate:

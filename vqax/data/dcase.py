@@ -106,7 +106,8 @@ def load_features(record: ClipRecord, cfg: LogMelConfig = LogMelConfig(), cache_
       features = np.load(cached)
     else:
       min_samples = (min_frames - 1) * cfg.hop_length
-      wave = read_audio(record.path, cfg.sample_rate, min_samples=min_samples)
+      wave = read_audio(record.path, cfg.sample_rate, resample=cfg.resample, downmix=cfg.downmix,
+                        min_samples=min_samples)
       features = log_mel(wave, cfg)
       if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

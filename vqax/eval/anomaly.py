@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqax import config_loading
-from vqax.audio.features import LogMelConfig
 from vqax.data import dcase
 from vqax.errors import CheckpointError, DataError
 from vqax.eval import metrics, plots
-from vqax.tasks.vqvae import build_model
+from vqax.tasks.vqvae import build_model, feature_config as feature_config_of
 from vqax.train.checkpointing import Checkpointer
 
 SCORE_METHODS = {"density": ("density",), "recon": ("recon",), "both": ("density", "recon")}
@@ -132,7 +131,7 @@ def score_workdir(workdir, *, data_root=None, out_dir=None, method=None, verbose
   machine_types = dcase.resolve_machine_types(data_root, config.machine_type)
   stats_path = config.norm_stats_path or workdir / "norm_stats.json"
   norm_stats = dcase.load_norm_stats(stats_path, machine_types)
-  feature_config = LogMelConfig()
+  feature_config = feature_config_of(config)
   cache_dir = config.feature_cache_dir or None
   encoder = PatchEncoder(model, params)
   stride = int(config.score.stride)

@@ -31,7 +31,12 @@ def build_model(config) -> VQVAE:
     raise ConfigError(f"model.upsample_impl={m.upsample_impl!r}: expected one of {', '.join(UPSAMPLE_IMPLS)}")
   return VQVAE(encoder_channels=tuple(m.encoder_channels), latent_dim=int(m.latent_dim),
                num_embeddings=int(m.num_embeddings), upsample_impl=m.upsample_impl, dtype=memory.dtype,
-               remat_policy=memory.remat_policy)
+               remat_policy=memory.remat_policy, remat_groups=memory.remat_groups)
+
+
+def feature_config(config) -> LogMelConfig:
+  """The log-mel front end and file-reading rules the config asks for (training and scoring alike)."""
+  return LogMelConfig(resample=bool(config.get("resample", False)), downmix=config.get("stereo", "downmix") == "downmix")
 
 
 def validate_config(config) -> None:
@@ -47,6 +52,8 @@ def validate_config(config) -> None:
                       f"epochs={config.epochs}")
   if config.score.method not in ("density", "recon", "both"):
     raise ConfigError(f"score.method={config.score.method!r}: expected density, recon or both")
+  if config.get("stereo", "downmix") not in ("downmix", "reject"):
+    raise ConfigError(f"stereo={config.stereo!r}: expected downmix or reject")
   if config.nonfinite not in ("skip", "halt"):
     raise ConfigError(f"nonfinite={config.nonfinite!r}: expected skip or halt")
   if int(config.model.latent_dim) <= 0 or int(config.model.num_embeddings) <= 1:
@@ -86,7 +93,7 @@ class VQVAETask:
     validate_config(config)
     self.config = config
     self.model = build_model(config)
-    self.feature_config = LogMelConfig()
+    self.feature_config = feature_config(config)
     self.steps_per_epoch = None
 
   # --- data ------------------------------------------------------------------------------------------
