@@ -98,12 +98,14 @@ class MelBanks(nn.Module):
 
   def mel_matrix(self) -> np.ndarray:
     """[n_fft // 2 + 1, n_mels] HTK filters without normalisation (torchaudio's MelSpectrogram default)."""
-    return mel_filterbank(self.n_fft // 2 + 1, self.f_min, self.f_max, self.n_mels, self.sample_rate, htk=True)
+    return mel_filterbank(self.n_fft // 2 + 1, self.f_min, self.f_max, self.n_mels, self.sample_rate,
+                          htk=True)
 
   @nn.compact
   def __call__(self, wave: jax.Array, train: bool = False) -> jax.Array:
     if self.spec_norm not in SPEC_NORMS:
-      raise ConfigError(f"spec_params.spec_norm={self.spec_norm!r} is not supported; expected one of {SPEC_NORMS}")
+      raise ConfigError(f"spec_params.spec_norm={self.spec_norm!r} is not supported; "
+                        f"expected one of {SPEC_NORMS}")
     if self.win_length > self.n_fft:
       raise ConfigError(f"spec_params.win_length={self.win_length} must not exceed n_fft={self.n_fft}")
     # The official front end casts to float32 and disables autocast: log-mel needs the precision.
