@@ -41,6 +41,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.epochs = 40
   c.phase1_epochs = 2
   c.phase3_epochs = 5
+  c.phase1_train_encoder = False  # True: phase 1 also trains the encoder (collapses; see vqax/tasks/vqvae.py)
   c.commitment_cost = 0.25
   c.commitment_warmup_start = 0.05
   c.commitment_warmup_epochs = 5

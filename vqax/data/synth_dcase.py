@@ -463,14 +463,17 @@ ANOMALY_KINDS = {name: m.anomalies for name, m in _MACHINES.items()}
 
 
 def synth_clip(machine_type: str, machine_id: int, split: str, label: str, index: int, *, seed: int = 0,
-               seconds: float = 10.0, sample_rate: int = 16000) -> tuple[np.ndarray, str]:
-  """One clip (float64 in [-1, 1]) and its kind: "normal", or for anomalies the machine's faults in turn."""
+               seconds: float = 10.0, sample_rate: int = 16000, min_severity: float = 0.0) -> tuple[np.ndarray, str]:
+  """One clip (float64 in [-1, 1]) and its kind: "normal", or for anomalies the machine's faults in turn.
+
+  Fault severity is uniform in [min_severity, 1): 0 gives the full range including barely audible faults
+  (as in real data); a higher floor gives a set where every fault is clear (quick learning tests)."""
   machine = _MACHINES[machine_type]
   params = machine.params(clip_rng(seed, "dcase", machine_type, machine_id, "unit"))
   level_offset = clip_rng(seed, "dcase", machine_type, machine_id, "level").uniform(-3.0, 3.0)
   rng = clip_rng(seed, "dcase", machine_type, machine_id, split, label, index)
   kind = machine.anomalies[index % len(machine.anomalies)] if label == "anomaly" else "normal"
-  sev = rng.uniform()
+  sev = min_severity + (1.0 - min_severity) * rng.uniform()
   n = int(round(seconds * sample_rate))
   # Level drawn independently of the label, so loudness alone cannot tell anomalies apart.
   level_db = machine.level_db + level_offset + np.clip(rng.normal(0.0, 1.0), -2.0, 2.0)
@@ -486,7 +489,10 @@ def clip_name(label: str, machine_id: int, index: int) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _check(seed, machine_types, machine_ids, n_train, n_test_normal, n_test_anomaly, seconds, sample_rate) -> dict:
+def _check(seed, machine_types, machine_ids, n_train, n_test_normal, n_test_anomaly, seconds, sample_rate,
+           min_severity=0.0) -> dict:
+  if isinstance(min_severity, bool) or not isinstance(min_severity, (int, float)) or not 0.0 <= min_severity < 1.0:
+    raise ConfigError(f"min_severity={min_severity!r}: expected a number in [0, 1)")
   if isinstance(machine_types, str) or not machine_types:
     raise ConfigError(f"machine_types={machine_types!r}: expected a non-empty list of {', '.join(MACHINE_TYPES)}")
   for name in machine_types:
@@ -508,7 +514,7 @@ def _check(seed, machine_types, machine_ids, n_train, n_test_normal, n_test_anom
       "n_train": check_count("n_train", n_train, 1),
       "n_test_normal": check_count("n_test_normal", n_test_normal, 0),
       "n_test_anomaly": check_count("n_test_anomaly", n_test_anomaly, 0), "seconds": float(seconds),
-      "sample_rate": check_sample_rate(sample_rate),
+      "sample_rate": check_sample_rate(sample_rate), "min_severity": float(min_severity),
   }
 
 
@@ -521,14 +527,15 @@ def _owned(out: pathlib.Path, types, old: dict | None) -> list[pathlib.Path]:
 
 def generate_dcase(out_dir, *, seed: int = 0, machine_types=("fan", "pump", "valve"), machine_ids=(0, 2),
                    n_train: int = 48, n_test_normal: int = 12, n_test_anomaly: int = 12, seconds: float = 10.0,
-                   sample_rate: int = 16000, overwrite: bool = False) -> dict:
+                   sample_rate: int = 16000, min_severity: float = 0.0, overwrite: bool = False) -> dict:
   """Writes the data set and returns its manifest (also `<out>/synth_manifest.json`).
 
   A second call with the same settings finds the manifest and returns it with `skipped=True`; other settings
   raise ConfigError unless `overwrite`, which deletes the earlier clips first. The manifest holds the settings,
   `counts[type]["id_XX"][split_label]` and `anomalies[type][file] = fault kind`.
   """
-  params = _check(seed, machine_types, machine_ids, n_train, n_test_normal, n_test_anomaly, seconds, sample_rate)
+  params = _check(seed, machine_types, machine_ids, n_train, n_test_normal, n_test_anomaly, seconds, sample_rate,
+                  min_severity)
   out = pathlib.Path(out_dir)
   header = {"generator": _GENERATOR, "version": _VERSION, "params": params}
   done = prepare_output(out, header, overwrite, lambda old: _owned(out, params["machine_types"], old))
@@ -546,7 +553,7 @@ def generate_dcase(out_dir, *, seed: int = 0, machine_types=("fan", "pump", "val
       for split, label, count in plan:
         for index in range(count):
           audio, kind = synth_clip(name, mid, split, label, index, seed=params["seed"], seconds=params["seconds"],
-                                   sample_rate=params["sample_rate"])
+                                   sample_rate=params["sample_rate"], min_severity=params["min_severity"])
           file = clip_name(label, mid, index)
           write_wav(out / name / split / file, audio, params["sample_rate"])
           if label == "anomaly":

