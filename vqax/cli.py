@@ -5,6 +5,7 @@
   vqax train --config FILE[:variant] --workdir DIR [--config.x=y ...] [--batch_size 8 ...]
   vqax score --workdir DIR              anomaly scores, AUC/pAUC tables, DCASE CSVs, ROC PNGs
   vqax demo                             synth (once) -> train -> score, about 10 minutes on a CPU
+  vqax plan --config FILE [--budget 8GiB] per-device memory of the train step, compiled from shapes
 User mistakes end with one line `vqax: error: ...` and exit status 2; no traceback.
 """
 import argparse
@@ -16,11 +17,14 @@ import sys
 from vqax.errors import VqaxError
 
 DEFAULT_CONFIGS = {"train": "configs/vqvae_dcase.py"}
+# Defaults name the package's own configs by absolute path: a configs/ folder in the current directory
+# (a dataset, a stranger's checkout) is never run unless the user names it with --config.
+REPO_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "vqvae_dcase.py")
 
 
 def _add_train(sub):
   p = sub.add_parser("train", help="train a model from a config (resumes from --workdir)")
-  p.add_argument("--config", default="configs/vqvae_dcase.py", help="config file, optionally :variant")
+  p.add_argument("--config", default=REPO_CONFIG, help="config file, optionally :variant")
   p.add_argument("--workdir", required=True, help="checkpoints, logs and results go here")
   p.add_argument("--max_steps", type=int, default=None, help="stop after this global step")
   p.add_argument("--no_progress", action="store_true", help="no progress bar (logs only)")
@@ -58,12 +62,14 @@ def _add_demo(sub):
   p = sub.add_parser("demo", help="synthetic data -> train -> score (the `make demo` job)")
   p.add_argument("--data_root", default="data/synth_dcase")
   p.add_argument("--workdir", default="runs/demo")
-  p.add_argument("--config", default="configs/vqvae_dcase.py:demo")
+  p.add_argument("--config", default=REPO_CONFIG + ":demo")
 
 
 # Extra subcommands live in their own modules: (name, "module:function" for add_arguments and run).
 # Each module defines add_arguments(subparsers) and run(args, extra) -> int | None.
 PLUGIN_COMMANDS = [
+    "vqax.memory.plan_command",
+    "vqax.eval.sv_commands",
 ]
 
 

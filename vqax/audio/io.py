@@ -1,4 +1,5 @@
 """Reading audio files with clear errors (soundfile/libsndfile: wav, flac, ogg)."""
+import functools
 import logging
 import pathlib
 
@@ -28,8 +29,8 @@ def read_audio(path, sample_rate: int, *, resample: bool = False, downmix: bool 
     raise DataError(f"{path}: empty audio file (0 samples)")
   if wave.shape[1] > 1:
     if not downmix:
-      raise DataError(f"{path}: expected mono audio, got {wave.shape[1]} channels (set downmix=True to average them)")
-    log.warning("%s: averaged %d channels to mono", path, wave.shape[1])
+      raise DataError(f"{path}: expected mono audio, got {wave.shape[1]} channels (stereo=downmix averages them)")
+    _note_downmix(str(path), wave.shape[1])
     wave = wave.mean(axis=1, keepdims=True)
   wave = wave[:, 0]
   if rate != sample_rate:
@@ -41,6 +42,12 @@ def read_audio(path, sample_rate: int, *, resample: bool = False, downmix: bool 
   if not np.all(np.isfinite(wave)):
     raise DataError(f"{path}: audio contains NaN or Inf samples")
   return wave
+
+
+@functools.lru_cache(maxsize=None)
+def _note_downmix(path: str, channels: int) -> None:
+  """The downmix note, once per file and process: loaders re-read every clip each epoch."""
+  log.warning("%s: averaged %d channels to mono", path, channels)
 
 
 def resample_poly(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

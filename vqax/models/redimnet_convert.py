@@ -14,6 +14,7 @@ import dataclasses
 import json
 import pathlib
 from typing import Callable, Mapping
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -269,8 +270,12 @@ def read_npz(path, model_config: dict | None = None) -> tuple[dict, dict]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise CheckpointError(f"{path}: no such file")
-  with np.load(path) as archive:
-    state_dict = {k[len("param/"):]: archive[k] for k in archive.files if k.startswith("param/")}
+  try:
+    # allow_pickle=False: an array of Python objects would unpickle (run) code; refuse it.
+    with np.load(path, allow_pickle=False) as archive:
+      state_dict = {k[len("param/"):]: archive[k] for k in archive.files if k.startswith("param/")}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an .npz, truncated, object arrays
+    raise CheckpointError(f"{path}: cannot be read as an .npz of plain arrays ({e})") from None
   if not state_dict:
     raise CheckpointError(f"{path}: no 'param/<state_dict key>' arrays")
   if model_config is None:

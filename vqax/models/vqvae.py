@@ -2,7 +2,9 @@
 
 Encoder 1 -> 32 -> 64 -> 96 channels by stride-2 convolutions (64x64 -> 8x8), a 3x3 conv to `latent_dim`,
 vector quantisation, and a mirrored decoder (8x8 -> 64x64 by stride-2 transposed convolutions, then a 3x3
-conv to one channel). Channels-last throughout. Each down/up block can be rematerialised.
+conv to one channel). Channels-last throughout. With remat on, each down/up block is rematerialised and the
+encoder and decoder run over `remat_groups` groups of patches in turn (patches are independent; see
+`vqax.memory.remat.grouped_remat` for why the blocks alone save nothing here).
 """
 from typing import Sequence
 
@@ -10,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqax.memory.remat import maybe_remat
+from vqax.memory.remat import grouped_remat, maybe_remat
 from vqax.models.quantizer import VectorQuantizer
 from vqax.models.upsample import Upsample2x
 
@@ -78,6 +80,7 @@ class VQVAE(nn.Module):
   upsample_impl: str = "subpixel"
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
+  remat_groups: int = 1
 
   def setup(self):
     self.encoder = Encoder(self.encoder_channels, self.latent_dim, self.dtype, self.remat_policy)
@@ -87,9 +90,12 @@ class VQVAE(nn.Module):
 
   def encode(self, x):
     """Patches -> (quantised latents, aux with codes); used by scoring without decoding."""
-    return self.quantizer(self.encoder(x.astype(self.dtype)))
+    # The quantizer sees every patch at once: its code statistics are over the whole batch.
+    z = grouped_remat(lambda m, xg: m.encoder(xg.astype(m.dtype)), self, x, self.remat_groups, self.remat_policy)
+    return self.quantizer(z)
 
   def __call__(self, x):
     quantized, aux = self.encode(x)
-    reconstruction = self.decoder(quantized.astype(self.dtype)).astype(jnp.float32)
-    return reconstruction, aux
+    reconstruction = grouped_remat(lambda m, q: m.decoder(q.astype(m.dtype)), self, quantized, self.remat_groups,
+                                   self.remat_policy)
+    return reconstruction.astype(jnp.float32), aux

@@ -9,16 +9,25 @@ from tqdm import tqdm
 
 
 def memory_reading() -> dict[str, float]:
-  """Device bytes in use / peak where the backend reports them (GPU, TPU); host RSS always."""
+  """Host RSS always; device bytes in use and peak where the backend reports them (GPU, TPU).
+
+  With several devices in this process, the largest of each: the fullest device is the one that fails.
+  """
   out = {"host_rss_gib": psutil.Process(os.getpid()).memory_info().rss / 2**30}
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # some backends raise instead of returning None
-    stats = {}
-  if "bytes_in_use" in stats:
-    out["device_in_use_gib"] = stats["bytes_in_use"] / 2**30
-  if "peak_bytes_in_use" in stats:
-    out["device_peak_gib"] = stats["peak_bytes_in_use"] / 2**30
+  in_use, peak = [], []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats() or {}
+    except Exception:  # some backends raise instead of returning None
+      stats = {}
+    if "bytes_in_use" in stats:
+      in_use.append(stats["bytes_in_use"])
+    if "peak_bytes_in_use" in stats:
+      peak.append(stats["peak_bytes_in_use"])
+  if in_use:
+    out["device_in_use_gib"] = max(in_use) / 2**30
+  if peak:
+    out["device_peak_gib"] = max(peak) / 2**30
   return out
 
 

@@ -1,7 +1,10 @@
 """Data parallelism with jax.sharding: one mesh over every device of every process, axis "data".
 
-The batch is split over "data"; parameters and optimizer state are replicated, or (shard_params)
-split along their largest divisible axis over "data" (ZeRO/FSDP style: XLA gathers them for the compute).
+The batch is split over "data"; parameters and optimizer state are replicated, or split along their
+largest divisible axis over "data": the optimizer state alone (shard_opt_state, ZeRO-1 style) or
+parameters and optimizer state (shard_params, ZeRO-3/FSDP style: XLA gathers parameters for the compute).
+Under jit with these shardings every batch reduction is global: a BatchNorm's mean and variance cover the
+whole global batch, not one device's slice, so no axis_name or pmean is needed.
 """
 import jax
 import numpy as np
@@ -37,9 +40,25 @@ def _leaf_sharding(mesh, leaf, shard_params: bool) -> NamedSharding:
   return replicated(mesh)
 
 
-def state_shardings(mesh, abstract_state, shard_params: bool = False):
-  """Shardings for a TrainState (or any pytree) of arrays / ShapeDtypeStructs."""
-  return jax.tree.map(lambda leaf: _leaf_sharding(mesh, leaf, shard_params), abstract_state)
+def state_shardings(mesh, abstract_state, shard_params: bool = False, shard_opt_state: bool = False):
+  """Shardings for a TrainState (or any pytree) of arrays / ShapeDtypeStructs.
+
+  shard_opt_state applies to a TrainState's `opt_state` field; shard_params shards every leaf.
+  """
+  shardings = jax.tree.map(lambda leaf: _leaf_sharding(mesh, leaf, shard_params), abstract_state)
+  if shard_opt_state and not shard_params:
+    opt_state = jax.tree.map(lambda leaf: _leaf_sharding(mesh, leaf, True), abstract_state.opt_state)
+    shardings = shardings.replace(opt_state=opt_state)
+  return shardings
+
+
+def describe(config) -> str:
+  """How the state is laid out, for the start-of-run line."""
+  if config.get("shard_params", False):
+    return "parameters + optimizer state sharded over data"
+  if config.get("shard_opt_state", False):
+    return "optimizer state sharded over data, parameters replicated"
+  return "parameters + optimizer state replicated"
 
 
 def global_batch(mesh, local_batch):

@@ -2,12 +2,17 @@
 
 `train(config, workdir)` builds the task, restores the newest checkpoint in `workdir` if any, and trains
 to `epochs`, compiling the step once per phase in one place (`compile_train_step`). Every process runs
-this same function; only process 0 prints and writes TensorBoard.
+this same function; only process 0 prints and writes TensorBoard and `metrics.jsonl` (one line per logged
+step; a resumed run first drops the lines past its checkpoint, so the file stays one curve).
+Reliability: SIGTERM/SIGINT finish the step, checkpoint and return; a run killed outright resumes from its
+newest readable checkpoint, bit-exact; non-finite steps are skipped (counted) or halt the run
+(config.nonfinite), and parameters are checked finite before every save.
 """
 import dataclasses
 import logging
 import pathlib
 import signal
+import sys
 import time
 
 import jax
@@ -20,6 +25,7 @@ from vqax.tasks.base import Phase, total_steps
 from vqax.train import distributed
 from vqax.train import sharding as sharding_lib
 from vqax.train.checkpointing import Checkpointer, abstract_like
+from vqax.train.metrics_log import MetricsLog
 from vqax.train.monitoring import Monitor
 from vqax.train.optimizer import make_optimizer
 from vqax.train.state import TrainState
@@ -176,8 +182,9 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
   data_iterator = iter(data.loader)
   abstract = abstract_like(jax.eval_shape(lambda: trainer.init_state(task.batch_spec(config.batch_size * mesh.size))),
                            trainer.state_shardings)
-  state, restored_step = checkpointer.restore(abstract, data_iterator)
+  state, restored_step = checkpointer.restore(abstract, data_iterator, set_aside_unreadable=True)
   if state is None:
+    data_iterator = iter(data.loader)  # a failed restore may have moved the iterator: start it afresh
     state = trainer.init_state(task.batch_spec(config.batch_size * mesh.size))
   elif jax.process_index() == 0:
     print(f"[vqax] resumed from {checkpointer.directory / str(restored_step)} at step {restored_step}", flush=True)
@@ -187,6 +194,7 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
   compiled = {}
   monitor = Monitor(workdir, total_steps=trainer.total_steps, start_step=start, sample_unit=data.sample_unit,
                     progress_bar=progress)
+  metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=jax.process_index() == 0)
   history, pending, last_saved = [], [], restored_step
   log_every = max(int(config.log_every_steps), 1)
   stopped_by = None
@@ -201,25 +209,32 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
         pending.append(metrics)
         monitor.step()
         done = step + 1
-        if done % log_every == 0 or done == end:
+        epoch_end = done % trainer.steps_per_epoch == 0
+        stopping = stop.signal_name is not None  # read once: a signal arriving later stops after the next step
+        save_now = done % int(config.checkpoint_every_steps) == 0 or epoch_end or done == end or stopping
+        log_now = done % log_every == 0 or done == end
+        if config.nonfinite == "halt" and (log_now or save_now):  # before anything is logged or saved
+          _halt_if_nonfinite(pending, done, checkpointer, last_saved)
+        if log_now:
           scalars = _mean_scalars(pending, config, step=done)
           pending = []
           scalars["learning_rate"] = float(trainer.schedule(max(done - 1, 0) // accumulation))
           scalars = monitor.log(done, scalars, data.samples_per_step)
           history.append(dict(scalars, step=done, phase=phase.name))
-          if scalars.get("nonfinite_in_window", 0) and config.nonfinite == "halt":
-            raise NonFiniteError(f"non-finite loss or gradients by step {done} (nonfinite=halt); the last good "
-                                 f"checkpoint in {checkpointer.directory} is kept")
-        epoch_end = done % trainer.steps_per_epoch == 0
-        if done % int(config.checkpoint_every_steps) == 0 or epoch_end or done == end or stop.signal_name:
+          metrics_log.append(history[-1])
+        if save_now:
+          if not _all_finite(state.params):  # never write NaN parameters to disk
+            raise NonFiniteError(f"parameters are non-finite at step {done}; not saved, the last good checkpoint "
+                                 f"({_describe_saved(checkpointer, last_saved)}) is kept")
           checkpointer.save(done, state, data_iterator)
           last_saved = done
-        if stop.signal_name:
+        if stopping:
           stopped_by = stop.signal_name
           monitor.write(f"[vqax] {stopped_by} received: saved step {done} in {checkpointer.directory}; rerun the "
                         f"same command to resume")
           break
   finally:
+    metrics_log.close()
     monitor.close()
     checkpointer.close()
   final_step = int(state.step)
@@ -230,7 +245,38 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
 
 
 def _run_step(step_fn, state, batch, config, workdir):
-  return step_fn(state, batch)
+  try:
+    return step_fn(state, batch)
+  except jax.errors.JaxRuntimeError as e:
+    from vqax.memory import oom
+    if not oom.is_out_of_memory(e):
+      raise
+    # Nothing is saved past this point: the donated state is gone, the last checkpoint stays the newest.
+    error = oom.out_of_memory_error(config, workdir, e)
+    if jax.process_index() == 0:
+      print(error.report, file=sys.stderr, flush=True)
+    raise error from None
+
+
+def _halt_if_nonfinite(pending: list[dict], done: int, checkpointer, last_saved) -> None:
+  """nonfinite="halt": raise naming the first non-finite step of the window ending at `done`."""
+  flags = jax.device_get([m["finite"] for m in pending])
+  for offset, ok in enumerate(flags):
+    if not ok:
+      bad_step = done - len(flags) + offset + 1
+      raise NonFiniteError(f"non-finite loss or gradients at step {bad_step} (nonfinite=halt); nothing after "
+                           f"it was saved, the last good checkpoint ({_describe_saved(checkpointer, last_saved)}) "
+                           f"is kept")
+
+
+def _describe_saved(checkpointer, last_saved) -> str:
+  return f"step {last_saved} in {checkpointer.directory}" if last_saved else "none written yet"
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _mean_scalars(pending: list[dict], config, step: int) -> dict:

@@ -1,0 +1,233 @@
+"""The bad-input catalogue: every case ends in one line naming the file or option and what was expected.
+
+Each row builds a small data tree with one defect and runs `vqax train` (in-process, the real command
+line). Building the trainer (model init, compiling) is patched to fail, so a row also proves its error
+comes before any long work starts.
+"""
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, smoke_config
+from vqax import cli, config_loading
+from vqax.train import trainer
+
+VQVAE = f"{REPO}/configs/vqvae_dcase.py:smoke"
+SPEAKERS = f"{REPO}/configs/redimnet_mrl.py:smoke"
+CLIP = "normal_id_00_{:08d}"
+
+
+class LongWorkStarted(Exception):
+  """Raised in place of building the trainer: the input was accepted."""
+
+
+@pytest.fixture(autouse=True)
+def no_long_work(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise LongWorkStarted
+  monkeypatch.setattr(trainer, "make_trainer", refuse)
+
+
+def write_wav(path, seconds=2.5, rate=16000, channels=1, seed=0):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  wave = (np.random.default_rng(seed).standard_normal((int(seconds * rate), channels)) * 0.05).astype(np.float32)
+  sf.write(path, wave if channels > 1 else wave[:, 0], rate, subtype="PCM_16")
+  return path
+
+
+def machine_tree(root, n_good=4):
+  """<root>/fan/{train,test}/ with `n_good` good training clips."""
+  for i in range(n_good):
+    write_wav(root / "fan" / "train" / f"{CLIP.format(i)}.wav", seed=i)
+  write_wav(root / "fan" / "test" / f"{CLIP.format(0)}.wav", seed=99)
+  return root
+
+
+def bad_clip(root, suffix=".wav"):
+  """Path of one more training clip, next to good ones."""
+  machine_tree(root)
+  return root / "fan" / "train" / f"{CLIP.format(50)}{suffix}"
+
+
+def train(capsys, data, workdir, *extra):
+  code = cli.main(["train", "--config", VQVAE, "--workdir", str(workdir), "--data_root", str(data), *extra])
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+# Each case: tmp -> (extra command-line arguments, expected message). The message names the file or option.
+def missing_data_root(tmp):
+  return ["--data_root", str(tmp / "nowhere")], f"data_root {tmp / 'nowhere'}: folder not found"
+
+
+def empty_machine_folder(tmp):
+  (tmp / "data" / "fan" / "train").mkdir(parents=True)
+  write_wav(tmp / "data" / "fan" / "test" / f"{CLIP.format(0)}.wav")
+  return [], f"{tmp / 'data' / 'fan' / 'train'}: no clips named like normal_id_00_00000000.wav"
+
+
+def unknown_machine_type(tmp):
+  machine_tree(tmp / "data")
+  return ["--machine_type", "valve"], f"machine_type 'valve' not found under {tmp / 'data'}; available: fan"
+
+
+def not_audio(tmp):
+  path = bad_clip(tmp / "data")
+  path.write_text("this is not audio")
+  return [], f"{path}: not a readable audio file"
+
+
+def empty_wav(tmp):
+  path = bad_clip(tmp / "data")
+  sf.write(path, np.zeros(0, np.float32), 16000, subtype="PCM_16")
+  return [], f"{path}: empty audio file (0 samples)"
+
+
+def wrong_sample_rate(tmp):
+  path = write_wav(bad_clip(tmp / "data"), rate=8000)
+  return [], f"{path}: expected sample rate 16000 Hz, got 8000 Hz (set resample=True to convert)"
+
+
+def stereo_rejected(tmp):
+  path = write_wav(bad_clip(tmp / "data"), channels=2)
+  return ["--config.stereo=reject"], f"{path}: expected mono audio, got 2 channels (stereo=downmix averages them)"
+
+
+def shorter_than_a_patch(tmp):
+  path = write_wav(bad_clip(tmp / "data"), seconds=0.5)
+  return [], f"{path}: 8000 samples, need at least 32256"
+
+
+def nan_in_npy(tmp):
+  path = bad_clip(tmp / "data", ".npy")
+  features = np.zeros((64, 100), np.float32)
+  features[3, 4] = np.inf
+  np.save(path, features)
+  return [], f"{path}: contains NaN or Inf values"
+
+
+def npy_of_wrong_shape(tmp):
+  path = bad_clip(tmp / "data", ".npy")
+  np.save(path, np.zeros((32, 100), np.float32))
+  return [], f"{path}: expected a log-mel array of shape [64, T], got [32, 100]"
+
+
+def unwritable_workdir(tmp):
+  machine_tree(tmp / "data")
+  (tmp / "work").write_text("a file, not a folder")
+  return ["--workdir", str(tmp / "work" / "run")], f"--workdir {tmp / 'work' / 'run'}: not writable"
+
+
+def option(*args):
+  def case(tmp):
+    machine_tree(tmp / "data")
+    return list(args[:-1]), args[-1]
+  case.__name__ = args[0]
+  return case
+
+
+def checkpoint_of_another_model(tmp):
+  machine_tree(tmp / "data")
+  other = smoke_config(tmp / "data")
+  other.model.encoder_channels = (8, 16, 24)
+  (tmp / "work" / "checkpoints" / "4").mkdir(parents=True)
+  (tmp / "work" / "config.json").write_text(config_loading.config_to_json(other))
+  return [], (f"--workdir {tmp / 'work'} holds checkpoints of a different 'model' config; use a new --workdir "
+              f"or the original settings")
+
+
+def empty_speaker_folder(tmp):
+  write_wav(tmp / "data" / "id00001" / "video1" / "00001.wav")
+  (tmp / "data" / "id00002" / "video1").mkdir(parents=True)
+  return ["--config", SPEAKERS], f"{tmp / 'data' / 'id00002'}: speaker folder holds no audio files"
+
+
+def unknown_model_size(tmp):
+  write_wav(tmp / "data" / "id00001" / "00001.wav")
+  return ["--config", SPEAKERS, "--config.model_size=b9"], "model_size='b9': expected one of b0"
+
+
+CASES = [
+    missing_data_root, empty_machine_folder, unknown_machine_type, not_audio, empty_wav, wrong_sample_rate,
+    stereo_rejected, shorter_than_a_patch, nan_in_npy, npy_of_wrong_shape, unwritable_workdir,
+    option("--batch_size", "0", "batch_size=0: expected a positive integer"),
+    option("--n_patches", "-1", "n_patches=-1: expected a positive integer"),
+    option("--stride", "100000", "stride=100000 frames exceeds the shortest training clip (79 frames)"),
+    option("--config.remat_policy=sometimes", "remat_policy='sometimes': expected one of"),
+    option("--config.stereo=mix", "stereo='mix': expected downmix or reject"),
+    option("--config.nonfinite=maybe", "nonfinite='maybe': expected skip or halt"),
+    checkpoint_of_another_model, empty_speaker_folder, unknown_model_size,
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input_gives_one_line_before_long_work(case, tmp_path, capsys):
+  extra, message = case(tmp_path)
+  # A row's own --config, --workdir or --data_root comes later on the command line, and the last one wins.
+  code, _, err = train(capsys, tmp_path / "data", tmp_path / "work", *extra)
+  assert code == 2, err
+  assert err.startswith("vqax: error: ") and message in err, err
+  assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- inputs that are accepted where the config says so ------------------------------------------------
+
+def test_other_sample_rates_are_resampled_with_resample_true(tmp_path, capsys):
+  write_wav(bad_clip(tmp_path / "data"), rate=22050)
+  with pytest.raises(LongWorkStarted):
+    train(capsys, tmp_path / "data", tmp_path / "work", "--config.resample=true")
+
+
+def test_stereo_is_downmixed_with_one_note_per_file(tmp_path, capsys, caplog):
+  from vqax.data import dcase
+  path = write_wav(bad_clip(tmp_path / "data"), channels=2)
+  with caplog.at_level(logging.WARNING), pytest.raises(LongWorkStarted):
+    train(capsys, tmp_path / "data", tmp_path / "work")
+  record = next(r for r in dcase.list_clips(tmp_path / "data", ["fan"], "train") if r.path == str(path))
+  dcase.load_features(record)  # a loader reading it again (next epoch) adds no second note
+  notes = [r.getMessage() for r in caplog.records if "channels to mono" in r.getMessage()]
+  assert notes == [f"{path}: averaged 2 channels to mono"]
+
+
+def test_skip_bad_files_logs_each_once_and_the_summary_counts_them(tmp_path, capsys, caplog, monkeypatch):
+  monkeypatch.undo()  # this one trains (one step)
+  data = tmp_path / "data"
+  machine_tree(data, n_good=8)  # the run of test_reliability.py: its compiled step is cached
+  not_audio = data / "fan" / "train" / f"{CLIP.format(50)}.wav"
+  not_audio.write_text("not audio")
+  short = write_wav(data / "fan" / "train" / f"{CLIP.format(51)}.wav", seconds=0.5)
+  with caplog.at_level(logging.WARNING):
+    code, out, err = train(capsys, data, tmp_path / "work", "--skip_bad_files", "--max_steps", "1",
+                           "--no_progress", "--epochs", "6", "--config.phase1_epochs=0", "--config.phase3_epochs=0")
+  assert code == 0, err
+  assert "skipped 2 bad files" in out
+  skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping bad file")]
+  assert len(skipped) == 2 and str(not_audio) in skipped[0] and str(short) in skipped[1]
+
+
+# --- speaker verification trials -------------------------------------------------------------------------
+
+def test_trials_file_with_a_malformed_line(tmp_path):
+  verification = pytest.importorskip("vqax.eval.verification", reason="speaker task not landed")
+  from vqax.errors import DataError
+  trials = tmp_path / "trials.txt"
+  trials.write_text("1 a/1.wav b/1.wav\n1 a/1.wav\n")
+  with pytest.raises(DataError) as info:
+    verification.read_trials(trials)
+  assert str(info.value).startswith(f"{trials}:2: expected 'label enroll test'") and "\n" not in str(info.value)
+
+
+def test_trials_file_naming_a_missing_file(tmp_path, monkeypatch):
+  verification = pytest.importorskip("vqax.eval.verification", reason="speaker task not landed")
+  from vqax.errors import DataError
+  write_wav(tmp_path / "data" / "a" / "1.wav")
+  trials = tmp_path / "trials.txt"
+  trials.write_text("0 a/1.wav b/2.wav\n")
+  config = config_loading.load_config(SPEAKERS)
+  # The check needs no model: stand in for the trained workdir so the row stays fast.
+  monkeypatch.setattr(verification, "load_trained", lambda workdir: (config, None, None, 0))
+  with pytest.raises(DataError) as info:
+    verification.evaluate(tmp_path / "work", trials, data_root=tmp_path / "data", verbose=False)
+  assert str(info.value) == f"{trials}: trial file b/2.wav not found under --data_root {tmp_path / 'data'}"

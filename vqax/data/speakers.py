@@ -1,0 +1,126 @@
+"""Speaker-labelled utterances: listing a corpus and the grain pipeline of fixed-length training crops.
+
+Layouts (detected per speaker folder; the speaker label is always the first-level folder name):
+  VoxCeleb              <root>/<speaker>/<video>/<utt>.wav
+  LibriSpeech           <root>/<speaker>/<chapter>/<utt>.flac
+  flat (e.g. shared/)   <root>/<speaker>/<utt>.flac
+Files at the top level (README, SPEAKERS.TXT) and hidden entries are ignored. Batches carry waveforms only
+({"wave": [B, samples] float32, "label": [B] int32}); the model computes log-mel features on the device.
+"""
+import dataclasses
+import logging
+import pathlib
+
+import grain
+import numpy as np
+
+from vqax.audio.io import read_audio
+from vqax.data.pipeline import make_loader
+from vqax.errors import DataError
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+SAMPLE_RATE = 16000
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+  path: str  # absolute
+  relpath: str  # relative to the corpus root, '/'-separated (the trial-list form)
+  speaker: str
+  label: int  # index of the speaker in the sorted speaker list
+
+
+def _visible(path: pathlib.Path) -> bool:
+  return not path.name.startswith(".")
+
+
+def _speaker_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  """Audio directly in the speaker folder (flat) and one level down (video / chapter folders)."""
+  files = []
+  for entry in sorted(filter(_visible, folder.iterdir())):
+    if entry.is_dir():
+      files += [f for f in sorted(filter(_visible, entry.iterdir()))
+                if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+    elif entry.suffix.lower() in AUDIO_EXTENSIONS:
+      files.append(entry)
+  return files
+
+
+def list_utterances(root) -> tuple[list[Utterance], list[str]]:
+  """(utterances sorted by path, sorted speaker names); labels index the speaker list.
+
+  DataError for a missing root, a root without speaker folders, or a speaker folder without audio.
+  """
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"data_root {root}: folder not found")
+  folders = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+  if not folders:
+    raise DataError(f"data_root {root}: no speaker folders (expected <root>/<speaker>/[<video or chapter>/]"
+                    f"<utt>{'|'.join(AUDIO_EXTENSIONS)})")
+  speakers = [p.name for p in folders]
+  utterances = []
+  for label, folder in enumerate(folders):
+    files = _speaker_files(folder)
+    if not files:
+      raise DataError(f"{folder}: speaker folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)}) directly "
+                      f"or one folder down")
+    utterances += [Utterance(str(f.absolute()), f.relative_to(root).as_posix(), folder.name, label) for f in files]
+  return utterances, speakers
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training pipeline
+
+
+def random_crop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+  """A random `length`-sample window; a shorter wave is first repeated (wrap-padded) to the length."""
+  if wave.shape[0] < length:
+    wave = np.pad(wave, (0, length - wave.shape[0]), mode="wrap")  # WeSpeaker's repeat padding
+  start = int(rng.integers(0, wave.shape[0] - length + 1))
+  return wave[start:start + length]
+
+
+@dataclasses.dataclass
+class ReadUtterance(grain.transforms.Map):
+  """Utterance -> {"wave", "label"}. The wave comes out empty (and `KeepReadable` drops it) when the file is
+  shorter than `min_samples` (rejected by design) or unreadable with `skip_bad_files` (else DataError)."""
+  min_samples: int = 1
+  resample: bool = False
+  skip_bad_files: bool = False
+
+  def map(self, utterance: Utterance):
+    try:
+      wave = read_audio(utterance.path, SAMPLE_RATE, resample=self.resample)
+    except DataError as e:
+      if not self.skip_bad_files:
+        raise
+      log.warning("skipping %s", e)
+      wave = np.zeros((0,), np.float32)
+    if wave.shape[0] < self.min_samples:
+      wave = np.zeros((0,), np.float32)
+    return {"wave": wave, "label": np.int32(utterance.label)}
+
+
+class KeepReadable(grain.transforms.Filter):
+  def filter(self, element) -> bool:
+    return element["wave"].shape[0] > 0
+
+
+@dataclasses.dataclass
+class RandomCrop(grain.transforms.RandomMap):
+  """{"wave"} -> a random fixed-length crop (`random_crop`)."""
+  length: int
+
+  def random_map(self, element, rng: np.random.Generator):
+    return dict(element, wave=random_crop(element["wave"], self.length, rng).astype(np.float32))
+
+
+def train_loader(utterances, *, batch_size: int, segment_samples: int, seed: int, min_samples: int = 1,
+                 resample: bool = False, skip_bad_files: bool = False, worker_count: int = 0):
+  """Infinite, shuffled loader of {"wave": [batch_size, segment_samples], "label": [batch_size]} batches."""
+  ops = [ReadUtterance(min_samples, resample, skip_bad_files), KeepReadable(), RandomCrop(segment_samples)]
+  return make_loader(utterances, ops, batch_size=batch_size, seed=seed, shuffle=True, num_epochs=None,
+                     worker_count=worker_count)

@@ -1,0 +1,99 @@
+"""`vqax plan`: per-device memory of the real train step, compiled from shapes, before any training.
+
+  vqax plan --config configs/vqvae_dcase.py [--batch_size 16 --memory_saver ...]
+  vqax plan --config configs/vqvae_dcase.py --budget 8GiB [--fit n_patches]
+
+Prints parameters, optimizer state, accumulator, batch, temporaries and the compiled peak for the config and,
+side by side, its variants (plain, bf16, remat, bf16+remat, accumulation). With --budget, the largest
+per-device batch_size (or n_patches) within it for each variant and the `vqax train` command that uses it.
+Compiles for the default JAX backend (--device cpu/gpu/tpu picks one); reads no data.
+"""
+import json
+import math
+import pathlib
+import shlex
+
+from vqax.errors import ConfigError
+
+COMMAND_NAMES = ("plan",)
+
+
+def add_arguments(subparsers) -> None:
+  p = subparsers.add_parser("plan", help="compiled memory per device of the train step (no data, no training)")
+  p.add_argument("--config", default="configs/vqvae_dcase.py", help="config file, optionally :variant")
+  p.add_argument("--budget", default=None, help="memory per device to fit, e.g. 8GiB or 512MiB")
+  p.add_argument("--fit", default="batch_size", choices=("batch_size", "n_patches"),
+                 help="what --budget searches (the other stays as configured)")
+  p.add_argument("--variants", default="plain,bf16,remat,bf16+remat,accumulation",
+                 help="comma list of variants to show beside the config")
+  p.add_argument("--json", default=None, help="also write the plans (and fits) to this JSON file")
+
+
+def run(args, extra) -> dict:
+  from vqax import cli, config_loading
+  from vqax.memory import planner
+  config = config_loading.apply_overrides(config_loading.load_config(args.config), extra)
+  cli._select_platform(config)  # pylint: disable=protected-access
+  variants = [v for v in args.variants.split(",") if v]
+  for v in variants:
+    if v not in planner.VARIANTS:
+      raise ConfigError(f"--variants {v}: expected some of {', '.join(planner.VARIANTS)}")
+  budget = planner.parse_bytes(args.budget) if args.budget else None
+  if args.fit not in config:
+    raise ConfigError(f"--fit {args.fit}: the config has no field {args.fit!r}")
+
+  plans = planner.plan_variants(config, variants)
+  first = next(iter(plans.values()))
+  print(f"[vqax] memory per device of the train step, compiled ahead of time for {first.n_devices} x "
+        f"{first.device} (phase 'full'; no data read):")
+  print(planner.format_plans(plans))
+  result = {"device": first.device, "n_devices": first.n_devices,
+            "plans": {name: p.to_dict() for name, p in plans.items()}}
+  if budget is not None:
+    result["fits"] = _fit_and_print(config, args, extra, variants, budget, plans)
+  if args.json:
+    path = pathlib.Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+  return result
+
+
+def _fit_and_print(config, args, extra, variants, budget, plans) -> dict:
+  from vqax.memory import planner
+  print(f"\n[vqax] largest {args.fit} per device whose compiled peak fits {planner.format_bytes(budget)}:")
+  rows = [["variant", args.fit, "compiled peak", f"at {args.fit} + 1", "compiles"]]
+  commands, fits = [], {}
+  for name in variants or ["config"]:
+    flags = planner.variant_flags(config, name) if name != "config" else []
+    fit, = planner.fit_budgets(planner.with_flags(config, flags), [budget], field=args.fit, variant=name,
+                               flags=flags, known=plans.get(name))
+    fits[name] = {"size": fit.size, "peak": fit.plan and fit.plan.peak,
+                  "next_peak": fit.next_plan and fit.next_plan.peak, "compiles": fit.compiles}
+    if fit.size is None:
+      rows.append([name, "none", "-", planner.format_bytes(fit.next_plan.peak), str(fit.compiles)])
+      continue
+    rows.append([name, str(fit.size), planner.format_bytes(fit.plan.peak),
+                 planner.format_bytes(fit.next_plan.peak) if fit.next_plan else "(search cap)", str(fit.compiles)])
+    final = _train_flags(config, name, flags, args.fit, fit.size)
+    command = shlex.join(["vqax", "train", "--config", args.config, "--workdir", "WORKDIR"] + list(extra) + final)
+    fits[name]["command"] = command
+    commands.append(f"  {name}: {command}")
+  print(planner.format_table(rows))
+  print("\n".join(commands))
+  return fits
+
+
+def _train_flags(config, variant, flags, field, size) -> list[str]:
+  """`vqax train` flags for a fit: the variant's plus the fitted size.
+
+  For accumulation the micro-batch was fitted; as many micro-steps follow as reach the config's effective
+  batch (one when the micro-batch alone reaches it: no accumulator, so still within the budget).
+  """
+  from vqax.memory import planner
+  if variant == "accumulation" and field == "batch_size":
+    effective = int(config.batch_size) * int(config.gradient_accumulation_steps)
+    steps = max(1, math.ceil(effective / size))
+    keep = steps == int(config.gradient_accumulation_steps)
+    return (planner.variant_flags(config, "plain") + planner.size_flags(field, size)
+            + ([] if keep else ["--gradient_accumulation_steps", str(steps)]))
+  return list(flags) + planner.size_flags(field, size)

@@ -1,0 +1,172 @@
+"""ReDimNet speaker embeddings with a Matryoshka AAM-softmax head (shared/SPEC.md sections 2-3).
+
+Phases (lengths in epochs from the config):
+  "frozen_backbone": only the head (projection + class weights) trains; the backbone runs in inference
+                     mode without gradients, so its parameters and BatchNorm statistics stay bit-identical.
+  "full":            everything trains.
+The backbone starts from `init_from` (a `vqax convert redimnet` folder) when set, else from random init.
+"""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqax.data import speakers
+from vqax.errors import CheckpointError, ConfigError, DataError
+from vqax.memory.policy import memory_settings
+from vqax.models import mrl
+from vqax.models.redimnet import SIZES, config_to_json, redimnet
+from vqax.tasks.base import Phase, TrainData
+
+SPEAKERS_FILE = "speakers.json"  # in the workdir: label -> speaker folder name
+
+
+def backbone_config(config) -> dict:
+  """The official model_config of the chosen size with `model_overrides` applied (normalised, JSON form)."""
+  if config.model_size not in SIZES:
+    raise ConfigError(f"model_size={config.model_size!r}: expected one of {', '.join(SIZES)}")
+  overrides = config.get("model_overrides") or {}
+  overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
+  return config_to_json({**SIZES[config.model_size], **overrides})
+
+
+def build_model(config, num_classes: int) -> mrl.MatryoshkaSpeakerModel:
+  memory = memory_settings(config)
+  model_config = backbone_config(config)
+  backbone = redimnet(config.model_size, **model_config, dtype=memory.dtype, remat_policy=memory.remat_policy)
+  head = mrl.MatryoshkaHead(int(config.projection_dim), int(num_classes), dtype=memory.dtype)
+  return mrl.MatryoshkaSpeakerModel(backbone, head)
+
+
+def validate_config(config) -> None:
+  """Range checks that need no data, so a bad value fails before any long work."""
+  for name in ("batch_size", "epochs", "projection_dim"):
+    if int(config[name]) <= 0:
+      raise ConfigError(f"{name}={config[name]}: expected a positive integer")
+  for name in ("freeze_backbone_epochs", "num_classes", "margin_ramp_start_epoch", "margin_ramp_end_epoch"):
+    if int(config[name]) < 0:
+      raise ConfigError(f"{name}={config[name]}: expected an integer >= 0")
+  if config.freeze_backbone_epochs > config.epochs:
+    raise ConfigError(f"freeze_backbone_epochs={config.freeze_backbone_epochs} exceeds epochs={config.epochs}")
+  if float(config.segment_seconds) <= 0 or float(config.min_seconds) < 0:
+    raise ConfigError("segment_seconds must be > 0 and min_seconds >= 0")
+  dims = tuple(int(d) for d in config.mrl_dims)
+  if not dims or list(dims) != sorted(set(dims)) or dims[0] <= 0 or dims[-1] > int(config.projection_dim):
+    raise ConfigError(f"mrl_dims={tuple(config.mrl_dims)}: expected increasing dims in 1..projection_dim="
+                      f"{config.projection_dim}")
+  weights = tuple(float(w) for w in config.mrl_weights)
+  if len(weights) != len(dims) or min(weights) < 0 or sum(weights) <= 0:
+    raise ConfigError(f"mrl_weights={tuple(config.mrl_weights)}: expected {len(dims)} non-negative weights, "
+                      f"not all zero (one per mrl_dims entry)")
+  if not 0.0 <= float(config.margin) < np.pi / 2 or float(config.scale) <= 0:
+    raise ConfigError(f"margin={config.margin} must be in [0, pi/2) and scale={config.scale} positive")
+  if config.nonfinite not in ("skip", "halt"):
+    raise ConfigError(f"nonfinite={config.nonfinite!r}: expected skip or halt")
+  memory_settings(config)
+  backbone_config(config)
+
+
+def load_backbone(init_from, config) -> dict:
+  """Host copies of converted backbone variables {'params', 'batch_stats'}; CheckpointError unless they
+  were converted from the architecture `config` asks for (checked before the weights are read)."""
+  from vqax.models.redimnet_convert import MODEL_CONFIG_FILE, load_converted
+  config_file = pathlib.Path(init_from) / MODEL_CONFIG_FILE
+  if not config_file.is_file():
+    raise CheckpointError(f"init_from={init_from}: no {MODEL_CONFIG_FILE} (expected a `vqax convert redimnet` "
+                          f"output folder)")
+  expected, found = backbone_config(config), config_to_json(json.loads(config_file.read_text()))
+  if expected != found:
+    differing = sorted(k for k in expected if expected[k] != found.get(k))
+    raise CheckpointError(f"init_from={init_from}: converted from a different ReDimNet than model_size="
+                          f"{config.model_size} (differs in {', '.join(differing)}); set model_size to match")
+  variables, _ = load_converted(init_from)
+  return jax.device_get(dict(variables))
+
+
+class ReDimNetMRLTask:
+  name = "redimnet_mrl"
+
+  def __init__(self, config):
+    validate_config(config)
+    self.config = config
+    self.dims = tuple(int(d) for d in config.mrl_dims)
+    self.dim_weights = tuple(float(w) for w in config.mrl_weights)
+    self.segment_samples = int(round(float(config.segment_seconds) * speakers.SAMPLE_RATE))
+    self.num_classes = int(config.num_classes) or None  # set from the data when 0
+    self.backbone_variables = load_backbone(config.init_from, config) if config.init_from else None
+    self.steps_per_epoch = None
+
+  @property
+  def model(self) -> mrl.MatryoshkaSpeakerModel:
+    if self.num_classes is None:
+      raise ConfigError("num_classes=0 is inferred from the data: call prepare_data first")
+    return build_model(self.config, self.num_classes)
+
+  # --- data ------------------------------------------------------------------------------------------
+
+  def prepare_data(self, workdir) -> TrainData:
+    c = self.config
+    utterances, names = speakers.list_utterances(c.data_root)
+    if self.num_classes is None:
+      self.num_classes = len(names)
+    elif len(names) > self.num_classes:
+      raise DataError(f"data_root {c.data_root}: {len(names)} speakers but num_classes={self.num_classes}")
+    if jax.process_index() == 0:
+      path = pathlib.Path(workdir) / SPEAKERS_FILE
+      path.write_text(json.dumps({"data_root": str(c.data_root), "speakers": names}, indent=1))
+    global_batch = int(c.batch_size) * jax.device_count()
+    if len(utterances) < global_batch:
+      raise DataError(f"data_root {c.data_root}: {len(utterances)} utterances, fewer than one global batch "
+                      f"({global_batch})")
+    self.steps_per_epoch = len(utterances) // global_batch
+    loader = speakers.train_loader(
+        utterances, batch_size=int(c.batch_size) * jax.local_device_count(), segment_samples=self.segment_samples,
+        seed=int(c.seed), min_samples=int(round(float(c.min_seconds) * speakers.SAMPLE_RATE)),
+        resample=bool(c.resample), skip_bad_files=bool(c.skip_bad_files), worker_count=int(c.worker_count))
+    summary = {"speakers": len(names), "utterances": len(utterances), "num_classes": self.num_classes}
+    return TrainData(loader, self.steps_per_epoch, samples_per_step=global_batch, sample_unit="segments",
+                     summary=summary)
+
+  def batch_spec(self, global_batch: int):
+    return {"wave": jax.ShapeDtypeStruct((global_batch, self.segment_samples), jnp.float32),
+            "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32)}
+
+  # --- model and loss --------------------------------------------------------------------------------
+
+  def init_variables(self, rng, batch):
+    model = self.model
+    wave = jnp.zeros((1, self.segment_samples), jnp.float32)
+    if self.backbone_variables is None:
+      return dict(model.init(rng, wave))
+    # Converted backbone: only the head is initialised (no random draws for the backbone at all).
+    head = model.head.clone(parent=None).init(rng, jnp.zeros((1, model.backbone.embed_dim), jnp.float32))
+    variables = {name: {"backbone": jax.tree.map(jnp.asarray, self.backbone_variables[name]),
+                        "head": head[name]}
+                 for name in ("params", "batch_stats")}
+    return variables
+
+  def phases(self, steps_per_epoch: int, total_steps: int) -> list[Phase]:
+    self.steps_per_epoch = steps_per_epoch
+    frozen_end = min(int(self.config.freeze_backbone_epochs) * steps_per_epoch, total_steps)
+    phases = [Phase("frozen_backbone", 0, frozen_end, lambda path: path[0] == "head")] if frozen_end else []
+    if frozen_end < total_steps:
+      phases.append(Phase("full", frozen_end, total_steps))
+    return phases
+
+  def margin(self, step):
+    c = self.config
+    return mrl.margin_schedule(step, margin=float(c.margin), steps_per_epoch=self.steps_per_epoch or 1,
+                               ramp_start_epoch=int(c.margin_ramp_start_epoch),
+                               ramp_end_epoch=int(c.margin_ramp_end_epoch))
+
+  def loss_fn(self, params, model_state, batch, rng, step, phase: Phase):
+    variables = {"params": params, **model_state}
+    (z, _), updates = self.model.apply(
+        variables, batch["wave"], train=True, freeze_backbone=phase.name == "frozen_backbone",
+        mutable=["batch_stats"], rngs={"specaug": rng, "dropout": jax.random.fold_in(rng, 1)})
+    margin = self.margin(step)
+    loss, metrics = mrl.matryoshka_aam_loss(z, params["head"][mrl.CLASS_WEIGHTS], batch["label"], self.dims,
+                                            self.dim_weights, margin=margin, scale=float(self.config.scale))
+    return loss.astype(jnp.float32), (dict(model_state, **updates), dict(metrics, margin=margin))
