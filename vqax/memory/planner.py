@@ -134,9 +134,16 @@ def abstract_inputs(trainer):
   return state, batch
 
 
+PLANNING_NUM_CLASSES = 5994  # VoxCeleb2 dev speakers (shared/SPEC.md section 3)
+
+
 def lower_train_step(config, *, task=None, devices=None):
   """(trainer, lowered step, abstract state, abstract batch): training's own jit, lowered from shapes."""
   task = task or trainer_lib.build_task(config)
+  if getattr(task, "num_classes", 0) is None:
+    # Speaker tasks infer the class count from the data; a plan reads no data, so it sizes the class-weight
+    # matrix for VoxCeleb2 dev (set --config.num_classes to plan for another count).
+    task.num_classes = PLANNING_NUM_CLASSES
   trainer = trainer_lib.make_trainer(config, task, PLANNING_STEPS_PER_EPOCH, devices=devices)
   state, batch = abstract_inputs(trainer)
   lowered = trainer.compile_train_step(planning_phase(trainer.phases)).lower(state, batch)
