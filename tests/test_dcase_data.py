@@ -169,3 +169,23 @@ def test_reads_the_real_dcase_sample():
   features = dcase.load_features(train[0], LogMelConfig())
   assert features.shape == (64, 313) and np.all(np.isfinite(features))
   assert len(dcase.patch_starts(features.shape[1], 32)) == 8
+
+
+def test_worker_process_matches_in_process_loading_and_resumes(tiny_tree):
+  # Reading in a worker process changes where the work runs, not what comes out; the saved iterator
+  # state (which records the worker count) resumes at the next batch. With several workers grain builds
+  # each batch inside one worker, so the stream depends on worker_count but not on timing.
+  records = dcase.list_clips(tiny_tree, ["fan"], "train")
+  feats = {"fan": [dcase.load_features(r) for r in records]}
+  stats = {m: {k: np.asarray(v[k], np.float32) for k in ("mean", "std")}
+           for m, v in dcase.compute_norm_stats(feats).items()}
+  in_process = iter(_loader(records, stats))
+  expected = [next(in_process)["patches"] for _ in range(3)]
+  worker = iter(_loader(records, stats, worker_count=1))
+  np.testing.assert_array_equal(next(worker)["patches"], expected[0])
+  state = worker.get_state()
+  np.testing.assert_array_equal(next(worker)["patches"], expected[1])
+  resumed = iter(_loader(records, stats, worker_count=1))
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["patches"], expected[1])
+  np.testing.assert_array_equal(next(resumed)["patches"], expected[2])
