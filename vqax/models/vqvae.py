@@ -13,25 +13,35 @@ import jax
 import jax.numpy as jnp
 
 from vqax.memory.remat import grouped_remat, maybe_remat
+from vqax.models import conv
+from vqax.models.downsample import Downsample2x
 from vqax.models.quantizer import VectorQuantizer
 from vqax.models.upsample import Upsample2x
+
+
+def conv3x3(features: int, name: str, dtype, weight_grad: str = "matmul") -> nn.Conv:
+  """3x3 'SAME' nn.Conv; weight_grad "matmul" takes its kernel gradient from `vqax.models.conv`."""
+  conv_fn = conv.conv_general_dilated if weight_grad == "matmul" else None
+  return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, conv_general_dilated=conv_fn, name=name)
 
 
 class DownBlock(nn.Module):
   """Conv 4x4 stride 2 (PyTorch padding 1) + ReLU: halves height and width."""
   features: int
+  downsample_impl: str = "space_to_depth"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+    # Named as the nn.Conv this layer used to be, so earlier checkpoints keep their parameter paths.
+    x = Downsample2x(self.features, self.downsample_impl, self.dtype, name="Conv_0")(x)
     return nn.relu(x)
 
 
 class UpBlock(nn.Module):
   """Transposed conv 4x4 stride 2 + ReLU: doubles height and width."""
   features: int
-  upsample_impl: str = "subpixel"
+  upsample_impl: str = "polyphase"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -44,21 +54,24 @@ class Encoder(nn.Module):
   latent_dim: int = 64
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
+  downsample_impl: str = "space_to_depth"
+  conv_weight_grad: str = "matmul"
 
   @nn.compact
   def __call__(self, x):
     block = maybe_remat(DownBlock, self.remat_policy)
     for i, features in enumerate(self.channels):
-      x = block(features, dtype=self.dtype, name=f"down{i}")(x)
-    return nn.Conv(self.latent_dim, (3, 3), padding="SAME", dtype=self.dtype, name="to_latent")(x)
+      x = block(features, downsample_impl=self.downsample_impl, dtype=self.dtype, name=f"down{i}")(x)
+    return conv3x3(self.latent_dim, "to_latent", self.dtype, self.conv_weight_grad)(x)
 
 
 class Decoder(nn.Module):
   channels: Sequence[int] = (96, 64, 32)
   out_channels: int = 1
-  upsample_impl: str = "subpixel"
+  upsample_impl: str = "polyphase"
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
+  conv_weight_grad: str = "matmul"
 
   @nn.compact
   def __call__(self, z):
@@ -66,7 +79,7 @@ class Decoder(nn.Module):
     x = z
     for i, features in enumerate(self.channels):
       x = block(features, upsample_impl=self.upsample_impl, dtype=self.dtype, name=f"up{i}")(x)
-    return nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype, name="to_output")(x)
+    return conv3x3(self.out_channels, "to_output", self.dtype, self.conv_weight_grad)(x)
 
 
 class VQVAE(nn.Module):
@@ -77,16 +90,19 @@ class VQVAE(nn.Module):
   encoder_channels: Sequence[int] = (32, 64, 96)
   latent_dim: int = 64
   num_embeddings: int = 128
-  upsample_impl: str = "subpixel"
+  upsample_impl: str = "polyphase"
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
   remat_groups: int = 1
+  downsample_impl: str = "space_to_depth"
+  conv_weight_grad: str = "matmul"
 
   def setup(self):
-    self.encoder = Encoder(self.encoder_channels, self.latent_dim, self.dtype, self.remat_policy)
+    self.encoder = Encoder(self.encoder_channels, self.latent_dim, self.dtype, self.remat_policy,
+                           self.downsample_impl, self.conv_weight_grad)
     self.quantizer = VectorQuantizer(self.num_embeddings, self.latent_dim)
     self.decoder = Decoder(tuple(reversed(self.encoder_channels)), 1, self.upsample_impl, self.dtype,
-                           self.remat_policy)
+                           self.remat_policy, self.conv_weight_grad)
 
   def encode(self, x):
     """Patches -> (quantised latents, aux with codes); used by scoring without decoding."""

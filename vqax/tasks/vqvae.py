@@ -14,7 +14,6 @@ import logging
 import pathlib
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,9 +21,12 @@ from vqax.audio.features import LogMelConfig
 from vqax.data import dcase, dcase_loader
 from vqax.errors import ConfigError, DataError
 from vqax.memory.policy import memory_settings
+from vqax.models.conv import WEIGHT_GRAD_IMPLS
+from vqax.models.downsample import DOWNSAMPLE_IMPLS
 from vqax.models.upsample import UPSAMPLE_IMPLS
 from vqax.models.vqvae import VQVAE
 from vqax.tasks.base import Phase, TrainData
+from vqax.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,15 @@ log = logging.getLogger(__name__)
 def build_model(config) -> VQVAE:
   memory = memory_settings(config)
   m = config.model
-  if m.upsample_impl not in UPSAMPLE_IMPLS:
-    raise ConfigError(f"model.upsample_impl={m.upsample_impl!r}: expected one of {', '.join(UPSAMPLE_IMPLS)}")
+  choices = {"upsample_impl": UPSAMPLE_IMPLS, "downsample_impl": DOWNSAMPLE_IMPLS,
+             "conv_weight_grad": WEIGHT_GRAD_IMPLS}
+  impls = {key: m.get(key, valid[0]) for key, valid in choices.items()}  # older configs lack the newer keys
+  for key, value in impls.items():
+    if value not in choices[key]:
+      raise ConfigError(f"model.{key}={value!r}: expected one of {', '.join(choices[key])}")
   return VQVAE(encoder_channels=tuple(m.encoder_channels), latent_dim=int(m.latent_dim),
-               num_embeddings=int(m.num_embeddings), upsample_impl=m.upsample_impl, dtype=memory.dtype,
-               remat_policy=memory.remat_policy, remat_groups=memory.remat_groups)
+               num_embeddings=int(m.num_embeddings), dtype=memory.dtype, remat_policy=memory.remat_policy,
+               remat_groups=memory.remat_groups, **impls)
 
 
 def feature_config(config) -> LogMelConfig:
@@ -124,8 +130,7 @@ class VQVAETask:
       stats = dcase.compute_norm_stats(by_type)
       if jax.process_index() == 0:  # every process computes the same; one writes, the others wait for it
         dcase.save_norm_stats(stats_path, stats)
-      if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("vqax norm stats written")
+      distributed.barrier("norm stats written")
       norm_stats = dcase.load_norm_stats(stats_path, machine_types)
     del features
     global_batch = int(c.batch_size) * jax.device_count()

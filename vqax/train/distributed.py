@@ -8,6 +8,7 @@ On CPU the processes exchange collectives over gloo (JAX's default; pinned so a 
 leave them without any). `tools/launch_local.py` starts N such processes on one machine.
 """
 import dataclasses
+import itertools
 import os
 
 import jax
@@ -79,3 +80,19 @@ def maybe_initialize(config=None, environ=None) -> bool:
   except (ValueError, TypeError) as e:
     raise ConfigError(f"multi-process start-up ({settings}): {e}") from None
   return True
+
+
+_barrier_count = itertools.count()
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+  """Wait until every process arrives, over the coordination service (no device collective, no gloo).
+
+  gloo gives up when the peers of a collective arrive more than 30 s apart (a fixed key-value timeout),
+  so processes meet here before collectives that follow uneven work, e.g. compiling on a busy host.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # the client's barrier has no public wrapper
+  jax_distributed.global_state.client.wait_at_barrier(f"vqax:{name}:{next(_barrier_count)}",
+                                                      int(timeout_s * 1000))

@@ -202,9 +202,9 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
     with _StopRequest() as stop:
       for step in range(start, end):
         phase = phase_at(trainer.phases, step)
-        if phase.name not in compiled:
-          compiled[phase.name] = trainer.compile_train_step(phase)
         batch = sharding_lib.global_batch(mesh, next(data_iterator))
+        if phase.name not in compiled:
+          compiled[phase.name] = _compile_step(trainer, phase, state, batch)
         state, metrics = _run_step(compiled[phase.name], state, batch, config, workdir)
         pending.append(metrics)
         monitor.step()
@@ -242,6 +242,16 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
              "stopped_by": stopped_by, "nonfinite_steps": int(state.nonfinite_steps), "history": history,
              "data": data.summary}
   return summary
+
+
+def _compile_step(trainer, phase, state, batch):
+  """The phase's step. With several processes it is compiled here and all meet before running it: gloo
+  drops a first collective whose peers arrive over 30 s apart, as uneven compiles on a busy host can."""
+  step_fn = trainer.compile_train_step(phase)
+  if jax.process_count() > 1:
+    step_fn = step_fn.lower(state, batch).compile()
+    distributed.barrier(f"compiled step of phase {phase.name}")
+  return step_fn
 
 
 def _run_step(step_fn, state, batch, config, workdir):
