@@ -11,7 +11,8 @@ batch L (global batch B = P * L), global batch k is shuffled positions [kB, (k+1
 global batches, row order included, are the same on any number of hosts (order-sensitive steps such as
 sampling rows for dead-code revival stay exact), and a checkpoint resumes on another process count at
 the same global position. grain's own IndexSampler sharding shuffles per-process slices instead, which
-depends on P. With worker_count > 0 grain deals batches to workers round robin: this holds for 0.
+depends on P. This holds with worker_count = 0 (more workers take batches round robin) and while no
+Filter drops a record (a dropped record shifts the ones after it).
 """
 import sys
 from typing import Sequence
