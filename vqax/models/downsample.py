@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqax.models.conv import conv
+from vqax.models.conv import conv, pass_impls
 
 DOWNSAMPLE_IMPLS = ("space_to_depth", "strided")
 
@@ -32,8 +32,11 @@ def space_to_depth_kernel(kernel: jax.Array) -> jax.Array:
   return k.transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
 
 
-def downsample2x(x: jax.Array, kernel: jax.Array, impl: str = "space_to_depth") -> jax.Array:
-  """Apply the stride-2 convolution `kernel` ([4, 4, Cin, Cout], padding 1) to NHWC `x`."""
+def downsample2x(x: jax.Array, kernel: jax.Array, impl: str = "space_to_depth", conv_impl: str = "auto") -> jax.Array:
+  """Apply the stride-2 convolution `kernel` ([4, 4, Cin, Cout], padding 1) to NHWC `x`.
+
+  conv_impl picks how the space-to-depth form's convolution runs each pass (`vqax.models.conv`).
+  """
   if impl == "strided":
     return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -42,7 +45,8 @@ def downsample2x(x: jax.Array, kernel: jax.Array, impl: str = "space_to_depth") 
     # with one zero row fewer at the end: the strided convolution never reads that row either.
     h, w = x.shape[1], x.shape[2]
     x = jnp.pad(x, ((0, 0), (1, 1 - h % 2), (1, 1 - w % 2), (0, 0)))
-    return conv(space_to_depth(x), space_to_depth_kernel(kernel), (1, 1), ((0, 0), (0, 0)))
+    return conv(space_to_depth(x), space_to_depth_kernel(kernel), (1, 1), ((0, 0), (0, 0)), 1,
+                pass_impls(conv_impl))
   raise ValueError(f"downsample impl {impl!r} is not one of {DOWNSAMPLE_IMPLS}")
 
 
@@ -56,11 +60,12 @@ class Downsample2x(nn.Module):
   impl: str = "space_to_depth"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features),
                         self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-    y = downsample2x(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+    y = downsample2x(x.astype(self.dtype), kernel.astype(self.dtype), self.impl, self.conv_impl)
     return y + bias.astype(self.dtype)

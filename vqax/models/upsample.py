@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqax.models.conv import conv
+from vqax.models.conv import conv, pass_impls
 
 UPSAMPLE_IMPLS = ("polyphase", "subpixel", "transpose")
 
@@ -63,8 +63,11 @@ def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * block, w * block, c_out)
 
 
-def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "subpixel") -> jax.Array:
-  """Apply the stride-2 transposed convolution `kernel` ([4, 4, Cin, Cout]) to NHWC `x`."""
+def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "polyphase", conv_impl: str = "auto") -> jax.Array:
+  """Apply the stride-2 transposed convolution `kernel` ([4, 4, Cin, Cout]) to NHWC `x`.
+
+  conv_impl picks how the phase forms' convolution runs each pass (`vqax.models.conv`).
+  """
   dn = ("NHWC", "HWIO", "NHWC")
   if impl == "transpose":
     # Dilate the input by 2, pad k-1-p = 2 on each side, correlate with the spatially flipped kernel.
@@ -72,23 +75,26 @@ def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "subpixel") -> jax.A
                                         padding=((2, 2), (2, 2)), lhs_dilation=(2, 2),
                                         dimension_numbers=dn)
   if impl == "polyphase":
-    return polyphase_to_space(conv(x, polyphase_kernel(kernel), (1, 1), ((1, 1), (1, 1))))
+    y = conv(x, polyphase_kernel(kernel), (1, 1), ((1, 1), (1, 1)), 1, pass_impls(conv_impl))
+    return polyphase_to_space(y)
   if impl == "subpixel":
-    return depth_to_space(conv(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1))), 2)
+    y = conv(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)), 1, pass_impls(conv_impl))
+    return depth_to_space(y, 2)
   raise ValueError(f"upsample impl {impl!r} is not one of {UPSAMPLE_IMPLS}")
 
 
 class Upsample2x(nn.Module):
   """Transposed convolution, kernel 4, stride 2: H x W x Cin -> 2H x 2W x features."""
   features: int
-  impl: str = "subpixel"
+  impl: str = "polyphase"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features),
                         self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-    y = upsample2x(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+    y = upsample2x(x.astype(self.dtype), kernel.astype(self.dtype), self.impl, self.conv_impl)
     return y + bias.astype(self.dtype)

@@ -19,9 +19,9 @@ from vqax.models.quantizer import VectorQuantizer
 from vqax.models.upsample import Upsample2x
 
 
-def conv3x3(features: int, name: str, dtype, weight_grad: str = "matmul") -> nn.Conv:
-  """3x3 'SAME' nn.Conv; weight_grad "matmul" takes its kernel gradient from `vqax.models.conv`."""
-  conv_fn = conv.conv_general_dilated if weight_grad == "matmul" else None
+def conv3x3(features: int, name: str, dtype, conv_impl: str = "auto") -> nn.Conv:
+  """3x3 'SAME' nn.Conv, run by `vqax.models.conv` unless conv_impl is "xla"."""
+  conv_fn = conv.conv_general_dilated if conv.pass_impls(conv_impl) is None else None
   return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, conv_general_dilated=conv_fn, name=name)
 
 
@@ -29,12 +29,13 @@ class DownBlock(nn.Module):
   """Conv 4x4 stride 2 (PyTorch padding 1) + ReLU: halves height and width."""
   features: int
   downsample_impl: str = "space_to_depth"
+  conv_impl: str = "auto"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     # Named as the nn.Conv this layer used to be, so earlier checkpoints keep their parameter paths.
-    x = Downsample2x(self.features, self.downsample_impl, self.dtype, name="Conv_0")(x)
+    x = Downsample2x(self.features, self.downsample_impl, self.dtype, conv_impl=self.conv_impl, name="Conv_0")(x)
     return nn.relu(x)
 
 
@@ -42,11 +43,12 @@ class UpBlock(nn.Module):
   """Transposed conv 4x4 stride 2 + ReLU: doubles height and width."""
   features: int
   upsample_impl: str = "polyphase"
+  conv_impl: str = "auto"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return nn.relu(Upsample2x(self.features, impl=self.upsample_impl, dtype=self.dtype)(x))
+    return nn.relu(Upsample2x(self.features, impl=self.upsample_impl, dtype=self.dtype, conv_impl=self.conv_impl)(x))
 
 
 class Encoder(nn.Module):
@@ -55,14 +57,14 @@ class Encoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
   downsample_impl: str = "space_to_depth"
-  conv_weight_grad: str = "matmul"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     block = maybe_remat(DownBlock, self.remat_policy)
     for i, features in enumerate(self.channels):
-      x = block(features, downsample_impl=self.downsample_impl, dtype=self.dtype, name=f"down{i}")(x)
-    return conv3x3(self.latent_dim, "to_latent", self.dtype, self.conv_weight_grad)(x)
+      x = block(features, self.downsample_impl, self.conv_impl, self.dtype, name=f"down{i}")(x)
+    return conv3x3(self.latent_dim, "to_latent", self.dtype, self.conv_impl)(x)
 
 
 class Decoder(nn.Module):
@@ -71,15 +73,15 @@ class Decoder(nn.Module):
   upsample_impl: str = "polyphase"
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
-  conv_weight_grad: str = "matmul"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z):
     block = maybe_remat(UpBlock, self.remat_policy)
     x = z
     for i, features in enumerate(self.channels):
-      x = block(features, upsample_impl=self.upsample_impl, dtype=self.dtype, name=f"up{i}")(x)
-    return conv3x3(self.out_channels, "to_output", self.dtype, self.conv_weight_grad)(x)
+      x = block(features, self.upsample_impl, self.conv_impl, self.dtype, name=f"up{i}")(x)
+    return conv3x3(self.out_channels, "to_output", self.dtype, self.conv_impl)(x)
 
 
 class VQVAE(nn.Module):
@@ -95,14 +97,14 @@ class VQVAE(nn.Module):
   remat_policy: str = "none"
   remat_groups: int = 1
   downsample_impl: str = "space_to_depth"
-  conv_weight_grad: str = "matmul"
+  conv_impl: str = "auto"
 
   def setup(self):
     self.encoder = Encoder(self.encoder_channels, self.latent_dim, self.dtype, self.remat_policy,
-                           self.downsample_impl, self.conv_weight_grad)
+                           self.downsample_impl, self.conv_impl)
     self.quantizer = VectorQuantizer(self.num_embeddings, self.latent_dim)
     self.decoder = Decoder(tuple(reversed(self.encoder_channels)), 1, self.upsample_impl, self.dtype,
-                           self.remat_policy, self.conv_weight_grad)
+                           self.remat_policy, self.conv_impl)
 
   def encode(self, x):
     """Patches -> (quantised latents, aux with codes); used by scoring without decoding."""

@@ -21,7 +21,7 @@ from vqax.audio.features import LogMelConfig
 from vqax.data import dcase, dcase_loader
 from vqax.errors import ConfigError, DataError
 from vqax.memory.policy import memory_settings
-from vqax.models.conv import WEIGHT_GRAD_IMPLS
+from vqax.models.conv import CONV_IMPLS
 from vqax.models.downsample import DOWNSAMPLE_IMPLS
 from vqax.models.upsample import UPSAMPLE_IMPLS
 from vqax.models.vqvae import VQVAE
@@ -35,7 +35,7 @@ def build_model(config) -> VQVAE:
   memory = memory_settings(config)
   m = config.model
   choices = {"upsample_impl": UPSAMPLE_IMPLS, "downsample_impl": DOWNSAMPLE_IMPLS,
-             "conv_weight_grad": WEIGHT_GRAD_IMPLS}
+             "conv_impl": CONV_IMPLS}
   impls = {key: m.get(key, valid[0]) for key, valid in choices.items()}  # older configs lack the newer keys
   for key, value in impls.items():
     if value not in choices[key]:
