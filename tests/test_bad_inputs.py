@@ -144,6 +144,38 @@ def empty_speaker_folder(tmp):
   return ["--config", SPEAKERS], f"{tmp / 'data' / 'id00002'}: speaker folder holds no audio files"
 
 
+def speaker_tree(root, n_speakers=2, n_utts=4):
+  """<root>/<speaker>/<video>/<utt>.wav: enough good utterances for one smoke batch (8)."""
+  for s in range(n_speakers):
+    for u in range(n_utts):
+      write_wav(root / f"id{s:05d}" / "video1" / f"{u:05d}.wav", seconds=1.2, seed=10 * s + u)
+  return root
+
+
+def bad_utterance(root):
+  """Path of one more utterance of the first speaker, next to good ones."""
+  speaker_tree(root)
+  return root / "id00000" / "video1" / "00099.wav"
+
+
+def speaker_not_audio(tmp):
+  path = bad_utterance(tmp / "data")
+  path.write_text("this is not audio")
+  return ["--config", SPEAKERS], f"{path}: not a readable audio file"
+
+
+def speaker_empty_wav(tmp):
+  path = bad_utterance(tmp / "data")
+  sf.write(path, np.zeros(0, np.float32), 16000, subtype="PCM_16")
+  return ["--config", SPEAKERS], f"{path}: empty audio file (0 samples)"
+
+
+def speaker_wrong_sample_rate(tmp):
+  path = write_wav(bad_utterance(tmp / "data"), rate=8000)
+  return (["--config", SPEAKERS, "--config.resample=false"],
+          f"{path}: expected sample rate 16000 Hz, got 8000 Hz (set resample=True to convert)")
+
+
 def unknown_model_size(tmp):
   write_wav(tmp / "data" / "id00001" / "00001.wav")
   return ["--config", SPEAKERS, "--config.model_size=b9"], "model_size='b9': expected one of b0"
@@ -158,7 +190,8 @@ CASES = [
     option("--config.remat_policy=sometimes", "remat_policy='sometimes': expected one of"),
     option("--config.stereo=mix", "stereo='mix': expected downmix or reject"),
     option("--config.nonfinite=maybe", "nonfinite='maybe': expected skip or halt"),
-    checkpoint_of_another_model, empty_speaker_folder, unknown_model_size,
+    checkpoint_of_another_model, empty_speaker_folder, speaker_not_audio, speaker_empty_wav,
+    speaker_wrong_sample_rate, unknown_model_size,
 ]
 
 
@@ -205,6 +238,52 @@ def test_skip_bad_files_logs_each_once_and_the_summary_counts_them(tmp_path, cap
   assert "skipped 2 bad files" in out
   skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping bad file")]
   assert len(skipped) == 2 and str(not_audio) in skipped[0] and str(short) in skipped[1]
+
+
+def test_speaker_bad_files_are_skipped_and_counted_before_the_loader(tmp_path, caplog):
+  from vqax.data import speakers
+  from vqax.errors import DataError
+  from vqax.tasks.redimnet_mrl import ReDimNetMRLTask
+  data = speaker_tree(tmp_path / "data")
+  not_audio = data / "id00000" / "video1" / "00097.wav"
+  not_audio.write_text("not audio")
+  empty = data / "id00001" / "00098.wav"
+  sf.write(empty, np.zeros(0, np.float32), 16000, subtype="PCM_16")
+  slow = write_wav(data / "id00001" / "00099.flac", rate=8000)
+  short = write_wav(data / "id00001" / "video1" / "00100.wav", seconds=0.2)  # < min_seconds: left out, not bad
+  config = config_loading.load_config(SPEAKERS)
+  config.data_root, config.min_seconds, config.skip_bad_files = str(data), 0.5, True
+  with caplog.at_level(logging.WARNING):
+    train_data = ReDimNetMRLTask(config).prepare_data(tmp_path)
+  summary = train_data.summary
+  assert summary["utterances"] == 8 and summary["short_files"] == 1 and len(summary["bad_files"]) == 3
+  for path, expected in ((not_audio, "not a readable audio file"), (slow, "expected sample rate 16000 Hz"),
+                         (empty, "empty audio file (0 samples)")):
+    assert any(m.startswith(f"{path}: {expected}") for m in summary["bad_files"]), summary["bad_files"]
+  skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping bad file")]
+  assert len(skipped) == 3 and str(short) not in "".join(skipped)
+  assert train_data.steps_per_epoch == 1  # 8 usable utterances, one batch of 8
+  assert next(iter(train_data.loader))["wave"].shape == (8, speakers.SAMPLE_RATE)
+
+  # Without skip_bad_files the first bad file (in listing order) stops it, in one line.
+  config.skip_bad_files = False
+  with pytest.raises(DataError) as info:
+    ReDimNetMRLTask(config).prepare_data(tmp_path)
+  assert str(info.value).startswith(f"{not_audio}: not a readable audio file") and "\n" not in str(info.value)
+
+
+def test_speaker_folder_without_usable_utterances(tmp_path):
+  from vqax.errors import DataError
+  from vqax.tasks.redimnet_mrl import ReDimNetMRLTask
+  (tmp_path / "data" / "id00000").mkdir(parents=True)
+  (tmp_path / "data" / "id00000" / "00001.wav").write_text("not audio")
+  write_wav(tmp_path / "data" / "id00001" / "00001.wav", rate=22050)
+  config = config_loading.load_config(SPEAKERS)
+  config.data_root, config.skip_bad_files = str(tmp_path / "data"), True
+  with pytest.raises(DataError) as info:
+    ReDimNetMRLTask(config).prepare_data(tmp_path)
+  assert str(info.value) == (f"data_root {tmp_path / 'data'}: no usable utterances (2 bad files skipped, 0 "
+                             f"shorter than min_seconds=0.0)")
 
 
 # --- speaker verification trials -------------------------------------------------------------------------

@@ -7,12 +7,14 @@ Layouts (detected per speaker folder; the speaker label is always the first-leve
 Files at the top level (README, SPEAKERS.TXT) and hidden entries are ignored. Batches carry waveforms only
 ({"wave": [B, samples] float32, "label": [B] int32}); the model computes log-mel features on the device.
 """
+import concurrent.futures
 import dataclasses
 import logging
 import pathlib
 
 import grain
 import numpy as np
+import soundfile as sf
 
 from vqax.audio.io import read_audio
 from vqax.data.pipeline import make_loader
@@ -71,6 +73,58 @@ def list_utterances(root) -> tuple[list[Utterance], list[str]]:
   return utterances, speakers
 
 
+def header_samples(path, *, resample: bool = False) -> int:
+  """Length of `path` in 16 kHz samples, from its header alone (nothing is decoded).
+
+  DataError naming the file when it is not readable audio, empty, or at another rate without `resample`
+  (the checks `read_audio` makes, moved before training so a bad file never stops a run half-way).
+  """
+  try:
+    with sf.SoundFile(str(path)) as f:
+      frames, rate = f.frames, f.samplerate
+  except Exception as e:  # libsndfile reports corrupt/non-audio files with assorted messages
+    raise DataError(f"{path}: not a readable audio file ({str(e).strip().splitlines()[0]}); expected "
+                    f"{'/'.join(x[1:] for x in AUDIO_EXTENSIONS)} audio at {SAMPLE_RATE} Hz") from None
+  if frames <= 0:
+    raise DataError(f"{path}: empty audio file (0 samples)")
+  if rate != SAMPLE_RATE and not resample:
+    raise DataError(f"{path}: expected sample rate {SAMPLE_RATE} Hz, got {rate} Hz (set resample=True to convert)")
+  return -(-frames * SAMPLE_RATE // rate)  # ceil, as polyphase resampling gives
+
+
+def check_utterances(utterances, *, min_samples: int = 1, resample: bool = False,
+                     skip_bad_files: bool = False) -> tuple[list[Utterance], list[str], int]:
+  """(usable utterances, one message per bad file, number shorter than `min_samples`), from headers only.
+
+  A bad file (see `header_samples`) raises its DataError, the first in listing order, unless
+  `skip_bad_files`: then it is logged once and left out. Files shorter than `min_samples` (min_seconds)
+  are left out by design, not as errors. Headers are read from a thread pool: on a network file system
+  a million-file corpus is bound by latency, not CPU.
+  """
+  def check(utterance):
+    try:
+      return header_samples(utterance.path, resample=resample), None
+    except DataError as e:
+      return 0, e
+
+  kept, bad, short = [], [], 0
+  pool = concurrent.futures.ThreadPoolExecutor()
+  try:
+    for utterance, (samples, error) in zip(utterances, pool.map(check, utterances)):
+      if error is not None:
+        if not skip_bad_files:
+          raise error
+        log.warning("skipping bad file: %s", error)
+        bad.append(str(error))
+      elif samples < min_samples:
+        short += 1
+      else:
+        kept.append(utterance)
+  finally:
+    pool.shutdown(cancel_futures=True)  # an error stops the check at once
+  return kept, bad, short
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training pipeline
 
@@ -86,7 +140,11 @@ def random_crop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.n
 @dataclasses.dataclass
 class ReadUtterance(grain.transforms.Map):
   """Utterance -> {"wave", "label"}. The wave comes out empty (and `KeepReadable` drops it) when the file is
-  shorter than `min_samples` (rejected by design) or unreadable with `skip_bad_files` (else DataError)."""
+  shorter than `min_samples` (rejected by design) or unreadable with `skip_bad_files` (else DataError).
+
+  `check_utterances` already left such files out from their headers; this catches what only decoding shows
+  (NaN samples, a truncated body) and files changed since.
+  """
   min_samples: int = 1
   resample: bool = False
   skip_bad_files: bool = False

@@ -7,6 +7,7 @@ Phases (lengths in epochs from the config):
 The backbone starts from `init_from` (a `vqax convert redimnet` folder) when set, else from random init.
 """
 import json
+import logging
 import pathlib
 
 import jax
@@ -19,6 +20,8 @@ from vqax.memory.policy import memory_settings
 from vqax.models import mrl
 from vqax.models.redimnet import SIZES, config_to_json, redimnet
 from vqax.tasks.base import Phase, TrainData
+
+log = logging.getLogger(__name__)
 
 SPEAKERS_FILE = "speakers.json"  # in the workdir: label -> speaker folder name
 
@@ -109,6 +112,15 @@ class ReDimNetMRLTask:
   def prepare_data(self, workdir) -> TrainData:
     c = self.config
     utterances, names = speakers.list_utterances(c.data_root)
+    min_samples = int(round(float(c.min_seconds) * speakers.SAMPLE_RATE))
+    # Header checks of every file up front, so a bad one fails (or is skipped and counted) before training.
+    utterances, bad, short = speakers.check_utterances(utterances, min_samples=min_samples, resample=bool(c.resample),
+                                                       skip_bad_files=bool(c.skip_bad_files))
+    if short:
+      log.info("left out %d utterances shorter than min_seconds=%s", short, c.min_seconds)
+    if not utterances:
+      raise DataError(f"data_root {c.data_root}: no usable utterances ({len(bad)} bad files skipped, {short} "
+                      f"shorter than min_seconds={c.min_seconds})")
     if self.num_classes is None:
       self.num_classes = len(names)
     elif len(names) > self.num_classes:
@@ -123,9 +135,10 @@ class ReDimNetMRLTask:
     self.steps_per_epoch = len(utterances) // global_batch
     loader = speakers.train_loader(
         utterances, batch_size=int(c.batch_size) * jax.local_device_count(), segment_samples=self.segment_samples,
-        seed=int(c.seed), min_samples=int(round(float(c.min_seconds) * speakers.SAMPLE_RATE)),
+        seed=int(c.seed), min_samples=min_samples,
         resample=bool(c.resample), skip_bad_files=bool(c.skip_bad_files), worker_count=int(c.worker_count))
-    summary = {"speakers": len(names), "utterances": len(utterances), "num_classes": self.num_classes}
+    summary = {"speakers": len(names), "utterances": len(utterances), "num_classes": self.num_classes,
+               "bad_files": bad, "short_files": short}  # bad_files as in the VQ-VAE task (the CLI counts them)
     return TrainData(loader, self.steps_per_epoch, samples_per_step=global_batch, sample_unit="segments",
                      summary=summary)
 
