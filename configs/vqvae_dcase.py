@@ -35,7 +35,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.encoder_channels = (32, 64, 96)
   c.model.latent_dim = 64
   c.model.num_embeddings = 128
-  c.model.upsample_impl = "subpixel"  # or "transpose" (same parameters, slower on XLA:CPU)
+  c.model.upsample_impl = "polyphase"  # or "subpixel" / "transpose": the same layer (parameters, results), slower
 
   # Staged training, lengths in epochs: phase 1 VQ-only, phase 2 full loss, last phase3 epochs codebook frozen.
   c.epochs = 40

@@ -264,3 +264,33 @@ def test_spec_augment_masks_only_in_training():
     assert np.sum(np.all(utterance == 0, axis=1)) == 3
     assert np.sum(np.all(utterance == 0, axis=0)) == 2
   assert np.all(np.asarray(melbanks.apply({}, WAVE)) != 0)  # evaluation: no masks, no RNG needed
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fast_convolutions_give_the_plain_gradients(variant):
+  """conv_impl="auto" (grouped and depthwise convs as fused multiply-adds, ...) against XLA's own
+  convolutions, training mode, float64 (pooling statistics stay float32, and batch norm over a batch of 2 magnifies their rounding:
+  ~1e-6, far below what a wrong tap or group would give), same results."""
+  config = {**TINY, **VARIANTS[variant]}
+  with jax.enable_x64(True):
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), random_variables(config))
+    wave = jnp.asarray(WAVE, jnp.float64)
+    results = []
+    for conv_impl in ("auto", "xla"):
+      model = redimnet_from_config(config, conv_impl=conv_impl, dtype=jnp.float64, param_dtype=jnp.float64)
+
+      def loss(params, model=model):
+        (embedding, _), updates = model.apply({**variables, "params": params}, wave, train=True,
+                                              mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(embedding)), (embedding, updates)
+
+      results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]))
+    (_, (emb_auto, stats_auto)), grads_auto = results[0]
+    (_, (emb_xla, stats_xla)), grads_xla = results[1]
+    np.testing.assert_allclose(emb_auto, emb_xla, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(stats_auto, stats_xla, rtol=1e-5, atol=1e-5)
+    # Relative to the largest gradient anywhere: some leaves' gradients are rounding noise around 0
+    # (attention key biases cancel exactly under the softmax).
+    scale = max(float(np.max(np.abs(np.asarray(b)))) for b in jax.tree.leaves(grads_xla))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_auto), jax.tree.leaves(grads_xla)):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale, err_msg=jax.tree_util.keystr(path))

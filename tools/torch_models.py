@@ -63,18 +63,18 @@ def vqvae_weights_from_flax(model: VQVAE, params) -> None:
     for conv, name in zip(convs, names):
       layer = params["encoder"][name]
       layer = layer.get("Conv_0", layer)
-      conv.weight.copy_(torch.from_numpy(np.asarray(layer["kernel"]).transpose(3, 2, 0, 1).copy()))
-      conv.bias.copy_(torch.from_numpy(np.asarray(layer["bias"])))
+      conv.weight.copy_(torch.from_numpy(np.array(layer["kernel"]).transpose(3, 2, 0, 1).copy()))
+      conv.bias.copy_(torch.from_numpy(np.array(layer["bias"])))
     ups = [m for m in model.decoder if isinstance(m, nn.ConvTranspose2d)]
     for i, up in enumerate(ups):
       layer = params["decoder"][f"up{i}"]["Upsample2x_0"]
       # A [kh, kw, Cin, Cout] transposed-conv kernel is PyTorch's [Cin, Cout, kh, kw] (no flip).
-      up.weight.copy_(torch.from_numpy(np.asarray(layer["kernel"]).transpose(2, 3, 0, 1).copy()))
-      up.bias.copy_(torch.from_numpy(np.asarray(layer["bias"])))
+      up.weight.copy_(torch.from_numpy(np.array(layer["kernel"]).transpose(2, 3, 0, 1).copy()))
+      up.bias.copy_(torch.from_numpy(np.array(layer["bias"])))
     out = model.decoder[-1]
-    out.weight.copy_(torch.from_numpy(np.asarray(params["decoder"]["to_output"]["kernel"]).transpose(3, 2, 0, 1).copy()))
-    out.bias.copy_(torch.from_numpy(np.asarray(params["decoder"]["to_output"]["bias"])))
-    model.codebook.copy_(torch.from_numpy(np.asarray(params["quantizer"]["codebook"])))
+    out.weight.copy_(torch.from_numpy(np.array(params["decoder"]["to_output"]["kernel"]).transpose(3, 2, 0, 1).copy()))
+    out.bias.copy_(torch.from_numpy(np.array(params["decoder"]["to_output"]["bias"])))
+    model.codebook.copy_(torch.from_numpy(np.array(params["quantizer"]["codebook"])))
 
 
 class VQVAEStep:
@@ -82,7 +82,7 @@ class VQVAEStep:
   dead-code revival (`vqax.tasks.vqvae`). `forward` may be a torch.compile'd model."""
 
   def __init__(self, model: VQVAE, config, forward=None):
-    self.model, self.forward = model, forward or model
+    self.model, self.forward = model, model if forward is None else forward
     self.optimizer = torch.optim.AdamW(model.parameters(), lr=float(config.learning_rate),
                                        weight_decay=float(config.weight_decay))
     self.clip = float(config.grad_clip_norm)
@@ -408,20 +408,20 @@ def matryoshka_aam_loss(z, class_weights, labels, dims, margin, scale):
 def speaker_head_weights_from_flax(model: MatryoshkaSpeakerModel, head_params, head_stats) -> None:
   """Copy a vqax MatryoshkaHead's variables into `model` (the backbone comes from a converted state_dict)."""
   with torch.no_grad():
-    model.norm.weight.copy_(torch.from_numpy(np.asarray(head_params["norm"]["scale"])))
-    model.norm.bias.copy_(torch.from_numpy(np.asarray(head_params["norm"]["bias"])))
-    model.norm.running_mean.copy_(torch.from_numpy(np.asarray(head_stats["norm"]["mean"])))
-    model.norm.running_var.copy_(torch.from_numpy(np.asarray(head_stats["norm"]["var"])))
-    model.projection.weight.copy_(torch.from_numpy(np.asarray(head_params["projection"]["kernel"]).T.copy()))
-    model.projection.bias.copy_(torch.from_numpy(np.asarray(head_params["projection"]["bias"])))
-    model.class_weights.copy_(torch.from_numpy(np.asarray(head_params["class_weights"])))
+    model.norm.weight.copy_(torch.from_numpy(np.array(head_params["norm"]["scale"])))
+    model.norm.bias.copy_(torch.from_numpy(np.array(head_params["norm"]["bias"])))
+    model.norm.running_mean.copy_(torch.from_numpy(np.array(head_stats["norm"]["mean"])))
+    model.norm.running_var.copy_(torch.from_numpy(np.array(head_stats["norm"]["var"])))
+    model.projection.weight.copy_(torch.from_numpy(np.array(head_params["projection"]["kernel"]).T.copy()))
+    model.projection.bias.copy_(torch.from_numpy(np.array(head_params["projection"]["bias"])))
+    model.class_weights.copy_(torch.from_numpy(np.array(head_params["class_weights"])))
 
 
 class SpeakerStep:
   """One "full"-phase step of vqax's ReDimNet-MRL task: nested AAM-softmax, AdamW, global-norm clipping."""
 
   def __init__(self, model: MatryoshkaSpeakerModel, config, forward=None):
-    self.model, self.forward = model, forward or model
+    self.model, self.forward = model, model if forward is None else forward
     self.optimizer = torch.optim.AdamW(model.parameters(), lr=float(config.learning_rate),
                                        weight_decay=float(config.weight_decay))
     self.clip = float(config.grad_clip_norm)

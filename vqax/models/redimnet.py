@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from vqax.audio.melbanks import MelBanks
 from vqax.errors import ConfigError
 from vqax.memory.remat import maybe_remat, policy_for
+from vqax.models import conv as fast_conv
 
 # PyTorch's default Conv/Linear weight init, U(+-1/sqrt(fan_in)), so training from scratch starts where the
 # official recipe does. Biases start at zero (PyTorch draws them from the same range; it does not matter).
@@ -32,7 +33,7 @@ BLOCK_2D_TYPES = ("convnext_like", "convnext_like_relu", "basic_resnet", "basic_
 BLOCK_1D_TYPES = ("conv+att", "att", "conv", "fc")
 POOLING_FUNCS = ("ASTP", "TSTP")
 FEAT_TYPES = ("pt", "pt_mel")
-MODULE_ONLY_FIELDS = ("dtype", "param_dtype", "remat_policy")
+MODULE_ONLY_FIELDS = ("dtype", "param_dtype", "remat_policy", "conv_impl")
 
 Dtype = Any
 
@@ -65,10 +66,14 @@ class _Layers:
   param_dtype: Dtype
 
   def conv(self, features, kernel_size, *, groups=1, use_bias=True, strides=None, padding=None, name=None):
+    # conv_impl "auto": each pass in the form XLA:CPU runs fastest (`vqax.models.conv`; XLA's own on
+    # GPU/TPU), the same parameters and sums; "xla": lax.conv_general_dilated for every pass.
+    fast = fast_conv.pass_impls(getattr(self, "conv_impl", "auto")) is None
     return nn.Conv(features, tuple(kernel_size), strides=strides,
                    padding=_same(kernel_size) if padding is None else padding, feature_group_count=groups,
                    use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=TORCH_KERNEL_INIT, name=name)
+                   kernel_init=TORCH_KERNEL_INIT, name=name,
+                   conv_general_dilated=fast_conv.conv_general_dilated if fast else None)
 
   def dense(self, features, name=None):
     """A Linear, or a 1x1 convolution in channels-last layout."""
@@ -114,6 +119,7 @@ class ResBasicBlock(nn.Module, _Layers):
   use_fwse: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -141,6 +147,7 @@ class ConvNeXtLikeBlock(nn.Module, _Layers):
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -160,6 +167,7 @@ class ChannelSqueeze(nn.Module, _Layers):
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -241,6 +249,7 @@ class PosEncConv(nn.Module, _Layers):
   kernel_size: int = 59
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -258,6 +267,7 @@ class TimeContextBlock1d(nn.Module, _Layers):
   block_type: str = "conv+att"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -271,14 +281,15 @@ class TimeContextBlock1d(nn.Module, _Layers):
       x = self.dense(h, name="tcm_3")(nn.gelu(x, approximate=False))
     else:
       if self.block_type == "conv+att":
-        layers = [ConvNeXtLikeBlock(h, ((k,),), 1, **kw, name=f"tcm_{i}")
+        layers = [ConvNeXtLikeBlock(h, ((k,),), 1, **kw, conv_impl=self.conv_impl, name=f"tcm_{i}")
                   for i, k in enumerate((7, 19, 31, 59))]
         layers.append(TransformerEncoderLayer(h, h, 4, **kw, name="tcm_4"))
       elif self.block_type == "att":
-        layers = [PosEncConv(h, 59, **kw, name="tcm_0"),
+        layers = [PosEncConv(h, 59, **kw, conv_impl=self.conv_impl, name="tcm_0"),
                   TransformerEncoderLayer(h, 2 * h, 4, **kw, name="tcm_1")]
       else:  # "conv"
-        layers = [ConvNeXtLikeBlock(h, ((7,), (15,), (31,)), 1, **kw, name=f"tcm_{i}") for i in range(4)]
+        layers = [ConvNeXtLikeBlock(h, ((7,), (15,), (31,)), 1, **kw, conv_impl=self.conv_impl, name=f"tcm_{i}")
+                  for i in range(4)]
       for layer in layers:
         x = layer(x, train)
     return skip + self.dense(self.channels, name="exp_dim_conv")(x)
@@ -322,6 +333,7 @@ class Stage(nn.Module, _Layers):
   remat_policy: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array], train: bool = False):
@@ -336,14 +348,16 @@ class Stage(nn.Module, _Layers):
     c, f = s * self.c, self.f // s
     block_cls, block_kw = _block2d(self.block_2d_type, f, self.group_divisor)
     for j in range(self.num_blocks):
-      x = remat(block_cls)(c * e, **block_kw, **kw, name=f"block{j}")(x, train)
+      x = remat(block_cls)(c * e, **block_kw, **kw, conv_impl=self.conv_impl, name=f"block{j}")(x, train)
     if e != 1:
       activation = "relu" if "relu" in self.block_1d_type and "relu" in self.block_2d_type else "gelu"
-      x = remat(ChannelSqueeze)(c, self.group_divisor, activation, **kw, name="squeeze")(x, train)
+      x = remat(ChannelSqueeze)(c, self.group_divisor, activation, **kw, conv_impl=self.conv_impl,
+                                name="squeeze")(x, train)
     x = to1d(x)
     if self.att_block_red is not None:
       hidden = (self.F * self.C) // self.att_block_red
-      x = remat(TimeContextBlock1d)(self.F * self.C, hidden, self.block_1d_type, **kw, name="time_context")(
+      x = remat(TimeContextBlock1d)(self.F * self.C, hidden, self.block_1d_type, **kw, conv_impl=self.conv_impl,
+                                    name="time_context")(
           x, train)
     return x
 
@@ -361,6 +375,7 @@ class ReDimNetBackbone(nn.Module, _Layers):
   remat_policy: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, spec: jax.Array, train: bool = False):
@@ -371,7 +386,8 @@ class ReDimNetBackbone(nn.Module, _Layers):
     c, f = self.C, self.F
     for i, (stride, num_blocks, conv_exp, _kernel_sizes, att_block_red) in enumerate(self.stages_setup):
       x = Stage(self.F, self.C, f, c, stride, num_blocks, conv_exp, att_block_red, self.block_2d_type,
-                self.block_1d_type, self.group_divisor, self.remat_policy, **kw, name=f"stage{i}")(
+                self.block_1d_type, self.group_divisor, self.remat_policy, **kw, conv_impl=self.conv_impl,
+                name=f"stage{i}")(
                     tuple(outputs), train)
       if self.feat_agg_dropout > 0:
         x = nn.Dropout(self.feat_agg_dropout)(x, deterministic=not train)
@@ -464,6 +480,7 @@ class ReDimNet(nn.Module, _Layers):
   # Not official arguments: how to run it.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
   remat_policy: str = "none"
 
   def setup(self):
@@ -472,7 +489,8 @@ class ReDimNet(nn.Module, _Layers):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.backbone = ReDimNetBackbone(self.F, self.C, self.stages_setup, self.block_1d_type,
                                      self.block_2d_type, self.group_divisor, self.out_channels,
-                                     self.feat_agg_dropout, self.remat_policy, **kw)
+                                     self.feat_agg_dropout, self.remat_policy, **kw,
+                                     conv_impl=self.conv_impl)
     pool_dim = self.F * self.C if self.out_channels is None else self.out_channels
     pool_cls = ASTP if self.pooling_func == "ASTP" else TSTP
     self.pool = pool_cls(pool_dim, global_context_att=self.global_context_att, **kw)

@@ -1,0 +1,324 @@
+"""Train-step speed of vqax against PyTorch implementations of the same models, side by side.
+
+  python tools/bench_train.py                        # every case, table + docs/bench_train.json
+  python tools/bench_train.py --cases vqvae_16x16 --rounds 5 --steps 10
+  python tools/bench_train.py --no_compile           # skip torch.compile (its first compile takes minutes)
+
+Needs the torch extra (`pip install -e '.[torch]'`, the CPU build). For each case the runners are worker
+processes of this one (so each one's peak RSS is its own), started from one set of weights:
+  vqax             the trainer's own jitted step (`make_trainer` + `compile_train_step`), compiled first;
+  vqax plain       VQ-VAE only: the same step with the textbook layers (strided conv, nn.ConvTranspose-style
+                   lhs-dilated conv, XLA's gradients): what the reformulated layers buy;
+  torch eager      `tools/torch_models.py`: the same architecture, loss, AdamW and clipping;
+  torch.compile    the same model through torch.compile (inductor), after its compile.
+Before timing, the first step's loss of every runner must agree (same weights, same batch); then the
+runners take turns, `--rounds` times `--steps` steps each after warm-up, so that machine noise falls on all
+of them alike. Reported: median step time, steps/s, samples/s (patches, or seconds of audio), the ratio
+to torch eager, and peak memory: the compiled peak (argument + output + temp - alias) for vqax and the
+process's peak RSS for every runner.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+MiB = 2**20
+# VoxCeleb2 dev's speaker count: the class-weight matrix has its real size.
+SPEAKER_CLASSES = 5994
+
+CASES = {
+    # name: (task, config overrides, samples per step, sample unit)
+    "vqvae_16x16": ("vqvae", {"batch_size": 16, "n_patches": 16}, 256, "patches"),
+    "vqvae_1x8": ("vqvae", {"batch_size": 1, "n_patches": 8}, 8, "patches"),
+    "redimnet_b0": ("redimnet_mrl", {"model_size": "b0", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
+                    "s audio"),
+    "redimnet_b2": ("redimnet_mrl", {"model_size": "b2", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
+                    "s audio"),
+}
+PLAIN_LAYERS = {"model.upsample_impl": "transpose", "model.downsample_impl": "strided", "model.conv_impl": "xla"}
+
+
+def bench_config(task: str, overrides: dict):
+  """The case's config, with every schedule that would differ from the PyTorch step switched off."""
+  from vqax import config_loading
+  config = config_loading.load_config(str(REPO / "configs" / ("vqvae_dcase.py" if task == "vqvae" else
+                                                                "redimnet_mrl.py")))
+  if task == "vqvae":
+    config.phase1_epochs = 0  # the "full" phase: every parameter trains
+    config.commitment_warmup_epochs = 0  # PyTorch uses commitment_cost from the start
+  else:
+    config.freeze_backbone_epochs = 0
+    config.margin_ramp_end_epoch = 0  # the full margin from the start, as the PyTorch loss
+    config.num_classes = SPEAKER_CLASSES
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def make_batch(task: str, config, seed: int = 0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  if task == "vqvae":
+    shape = (int(config.batch_size), int(config.n_patches), 64, 64, 1)
+    return {"patches": rng.standard_normal(shape).astype(np.float32)}
+  samples = int(round(float(config.segment_seconds) * 16000))
+  return {"wave": (0.1 * rng.standard_normal((int(config.batch_size), samples))).astype(np.float32),
+          "label": rng.integers(0, SPEAKER_CLASSES, int(config.batch_size)).astype(np.int32)}
+
+
+def initial_state(config, task_name: str):
+  """The vqax trainer's initial state for this config: what the vqax runner starts from."""
+  import jax
+  from vqax.train import trainer
+  task = trainer.build_task(config)
+  t = trainer.make_trainer(config, task, steps_per_epoch=1000)
+  task.steps_per_epoch = 1000
+  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), make_batch(task_name, config))
+  return t, spec, t.init_state(spec)
+
+
+def prepare_weights(task_name: str, config, workdir: pathlib.Path) -> None:
+  """One set of initial weights for every runner: vqax's initial state, copied into a torch.pt."""
+  import jax
+  import torch
+  import torch_models
+  if task_name == "vqvae":
+    _, _, state = initial_state(config, task_name)
+    model = torch_models.VQVAE(tuple(config.model.encoder_channels), int(config.model.latent_dim),
+                               int(config.model.num_embeddings))
+    torch_models.vqvae_weights_from_flax(model, jax.device_get(state.params))
+  else:
+    # ReDimNet: PyTorch's initialisation of the backbone, converted into vqax (init_from); the head is
+    # vqax's initialisation, copied back.
+    from vqax.models.redimnet import SIZES
+    from vqax.models.redimnet_convert import convert_state_dict, save_converted
+    torch.manual_seed(int(config.seed))
+    model_config = dict(SIZES[config.model_size])
+    model = torch_models.MatryoshkaSpeakerModel(model_config, int(config.projection_dim), SPEAKER_CLASSES)
+    backbone = {k: v.numpy() for k, v in model.backbone.state_dict().items()}
+    save_converted(convert_state_dict(backbone, model_config), model_config, workdir / "converted")
+    config.init_from = str(workdir / "converted")
+    _, _, state = initial_state(config, task_name)
+    torch_models.speaker_head_weights_from_flax(model, jax.device_get(state.params["head"]),
+                                                jax.device_get(state.model_state["batch_stats"]["head"]))
+  torch.save(model.state_dict(), workdir / "torch.pt")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runners (each in its own worker process)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class VqaxRunner:
+  def __init__(self, task_name, config):
+    from vqax.train import sharding, trainer
+    t, spec, self.state = initial_state(config, task_name)
+    self.batch = sharding.global_batch(t.mesh, make_batch(task_name, config))
+    start = time.perf_counter()
+    self.step = t.compile_train_step(trainer.phase_at(t.phases, 0)).lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    memory = self.step.memory_analysis()
+    self.compiled_peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
+                          memory.temp_size_in_bytes - memory.alias_size_in_bytes) if memory else None
+
+  def __call__(self) -> float:
+    self.state, metrics = self.step(self.state, self.batch)
+    return float(metrics["loss"])
+
+
+class TorchRunner:
+  def __init__(self, task_name, config, workdir, compiled: bool):
+    import torch
+    import torch_models
+    self.torch = torch
+    torch.manual_seed(0)
+    if task_name == "vqvae":
+      model = torch_models.VQVAE(tuple(config.model.encoder_channels), int(config.model.latent_dim),
+                                 int(config.model.num_embeddings))
+      model.load_state_dict(torch.load(workdir / "torch.pt", weights_only=True))
+      forward = torch.compile(model) if compiled else None
+      self.step = torch_models.VQVAEStep(model, config, forward)
+      batch = make_batch(task_name, config)["patches"]
+      self.args = (torch.from_numpy(batch.reshape((-1,) + batch.shape[2:]).transpose(0, 3, 1, 2).copy()),)
+    else:
+      from vqax.models.redimnet import SIZES
+      model = torch_models.MatryoshkaSpeakerModel(dict(SIZES[config.model_size]), int(config.projection_dim),
+                                                  SPEAKER_CLASSES)
+      model.load_state_dict(torch.load(workdir / "torch.pt", weights_only=True))
+      model.train()
+      forward = torch.compile(model) if compiled else None
+      self.step = torch_models.SpeakerStep(model, config, forward)
+      batch = make_batch(task_name, config)
+      self.args = (torch.from_numpy(batch["wave"]), torch.from_numpy(batch["label"].astype("int64")))
+    self.compile_s = None
+    self.compiled_peak = None
+
+  def __call__(self) -> float:
+    return float(self.step(*self.args))
+
+
+def _rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def worker(runner: str, task_name: str, config, workdir: str, conn) -> None:
+  """Build the runner, report the first step's loss, then time steps on request."""
+  workdir = pathlib.Path(workdir)
+  try:
+    start = time.perf_counter()
+    if runner.startswith("vqax"):
+      run = VqaxRunner(task_name, config)
+    else:
+      run = TorchRunner(task_name, config, workdir, compiled=runner == "torch.compile")
+    first_loss = run()  # includes torch.compile's compile
+    setup_s = time.perf_counter() - start
+    conn.send({"first_loss": first_loss, "setup_s": setup_s, "compile_s": run.compile_s,
+               "compiled_peak": run.compiled_peak})
+    while True:
+      command = conn.recv()
+      if command is None:
+        conn.send({"peak_rss": _rss_bytes()})
+        return
+      times = []
+      for _ in range(command):
+        start = time.perf_counter()
+        run()  # float(loss) waits for the step
+        times.append(time.perf_counter() - start)
+      conn.send({"times": times})
+  except Exception as e:  # reported in the table, e.g. torch.compile failing on this machine
+    conn.send({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+
+
+def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: int, setup_timeout: float) -> dict:
+  task_name, overrides, samples, unit = CASES[name]
+  with tempfile.TemporaryDirectory(prefix="vqax-bench-") as tmp:
+    config = bench_config(task_name, overrides)
+    prepare_weights(task_name, config, pathlib.Path(tmp))
+    if task_name != "vqvae":
+      runners = [r for r in runners if r != "vqax plain"]
+    ctx = mp.get_context("spawn")
+    workers, rows = {}, {r: {"runner": r} for r in runners}
+    for r in runners:
+      run_config = bench_config(task_name, {**overrides, **(PLAIN_LAYERS if r == "vqax plain" else {})})
+      if task_name != "vqvae":
+        run_config.init_from = config.init_from  # the converted PyTorch initialisation
+      parent, child = ctx.Pipe()
+      process = ctx.Process(target=worker, args=(r, task_name, run_config, tmp, child), daemon=True)
+      process.start()
+      # One worker sets up at a time: compiles do not compete with each other.
+      if not parent.poll(setup_timeout):
+        process.kill()
+        rows[r]["error"] = f"setup took over {setup_timeout:.0f} s"
+        continue
+      report = parent.recv()
+      rows[r].update(report)
+      if "error" in report:
+        process.join()
+        continue
+      parent.send(warmup)
+      parent.recv()
+      workers[r] = (process, parent)
+      print(f"  {name} {r}: ready in {report['setup_s']:.1f} s, first loss {report['first_loss']:.6g}",
+            flush=True)
+    losses = {r: rows[r]["first_loss"] for r in workers}
+    for r in list(workers):  # every runner starts from the same weights and batch: same first loss
+      reference = losses.get("torch eager", losses.get("vqax"))
+      if reference is not None and abs(losses[r] - reference) > 1e-3 * max(1.0, abs(reference)):
+        rows[r]["error"] = f"first loss {losses[r]:.6g} differs from {reference:.6g}: not the same computation"
+    times = {r: [] for r in workers}
+    for i in range(rounds):
+      order = list(workers)[i % len(workers):] + list(workers)[:i % len(workers)]
+      for r in order:
+        workers[r][1].send(steps)
+        times[r] += workers[r][1].recv()["times"]
+    for r, (process, conn) in workers.items():
+      conn.send(None)
+      rows[r]["peak_rss"] = conn.recv()["peak_rss"]
+      process.join()
+      median = statistics.median(times[r])
+      rows[r].update(step_s=median, steps_per_s=1 / median, samples_per_s=samples / median,
+                     step_s_all=times[r])
+  eager = rows.get("torch eager", {}).get("steps_per_s")
+  for row in rows.values():
+    if eager and "steps_per_s" in row:
+      row["vs_torch_eager"] = row["steps_per_s"] / eager
+  return {"case": name, "config": overrides, "samples_per_step": samples, "sample_unit": unit,
+          "rows": list(rows.values())}
+
+
+def table(results: list[dict]) -> str:
+  lines = ["| case | runner | step (ms) | steps/s | samples/s | vs torch eager | compiled peak (MiB) | peak RSS (MiB) |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+  for result in results:
+    for row in result["rows"]:
+      if "steps_per_s" not in row:
+        lines.append(f"| {result['case']} | {row['runner']} | {row.get('error', 'failed')} |||||")
+        continue
+      peak = f"{row['compiled_peak'] / MiB:.0f}" if row.get("compiled_peak") else "-"
+      ratio = f"{row['vs_torch_eager']:.2f}x" if "vs_torch_eager" in row else "-"
+      lines.append(f"| {result['case']} | {row['runner']} | {1000 * row['step_s']:.0f} | {row['steps_per_s']:.2f} | "
+                   f"{row['samples_per_s']:.1f} {result['sample_unit']} | {ratio} | {peak} | "
+                   f"{row['peak_rss'] / MiB:.0f} |")
+  return "\n".join(lines)
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  import jax
+  import torch
+  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}), "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per runner per round")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
+  parser.add_argument("--no_compile", action="store_true", help="leave out torch.compile")
+  parser.add_argument("--setup_timeout", type=float, default=1200, help="seconds allowed for one runner's setup")
+  parser.add_argument("--json", default=str(REPO / "docs" / "bench_train.json"))
+  args = parser.parse_args(argv)
+  cases = args.cases.split(",")
+  unknown = [c for c in cases if c not in CASES]
+  if unknown:
+    parser.error(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(CASES)}")
+  runners = ["vqax", "vqax plain", "torch eager"] + ([] if args.no_compile else ["torch.compile"])
+  results = []
+  for case in cases:
+    print(f"{case}:", flush=True)
+    results.append(bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout))
+  header = f"Machine: {machine()}. Median of {args.rounds} x {args.steps} alternating timed steps per runner."
+  print(header)
+  print(table(results))
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps({"machine": machine(), "rounds": args.rounds, "steps": args.steps,
+                                                   "results": results}, indent=1))
+    print(f"wrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
