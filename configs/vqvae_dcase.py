@@ -35,7 +35,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.encoder_channels = (32, 64, 96)
   c.model.latent_dim = 64
   c.model.num_embeddings = 128
-  c.model.upsample_impl = "polyphase"  # or "subpixel" / "transpose": the same layer (parameters, results), slower
+  # How the layers run; every choice computes the same function with the same parameters (see README,
+  # Performance): upsample "polyphase" | "subpixel" | "transpose" (the textbook nn.ConvTranspose form),
+  # downsample "space_to_depth" | "strided", conv_impl "auto" (fastest form per pass on XLA:CPU; XLA's own
+  # on GPU/TPU) | "xla".
+  c.model.upsample_impl = "polyphase"
+  c.model.downsample_impl = "space_to_depth"
+  c.model.conv_impl = "auto"
 
   # Staged training, lengths in epochs: phase 1 VQ-only, phase 2 full loss, last phase3 epochs codebook frozen.
   c.epochs = 40
