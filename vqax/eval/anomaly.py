@@ -13,30 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqax import config_loading
 from vqax.data import dcase
-from vqax.errors import CheckpointError, DataError
+from vqax.errors import DataError
 from vqax.eval import metrics, plots
 from vqax.tasks.vqvae import build_model, feature_config as feature_config_of
-from vqax.train.checkpointing import Checkpointer
+from vqax.train.checkpointing import restore_trained
 
 SCORE_METHODS = {"density": ("density",), "recon": ("recon",), "both": ("density", "recon")}
 
 
 def load_trained(workdir):
-  """(config, model, params) of the newest checkpoint in `workdir`."""
-  workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise CheckpointError(f"--workdir {workdir}: no config.json (is this a vqax training folder?)")
-  config = config_loading.config_from_json(config_path.read_text())
-  checkpointer = Checkpointer(workdir / "checkpoints")
-  try:
-    state, step = checkpointer.restore(None)
-  finally:
-    checkpointer.close()
-  if state is None:
-    raise CheckpointError(f"--workdir {workdir}: no checkpoint to score (train first)")
+  """(config, model, params, step) of the newest checkpoint in `workdir`."""
+  config, state, step = restore_trained(workdir, "vqvae", "score")
   return config, build_model(config), state["params"], step
 
 

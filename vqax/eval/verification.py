@@ -18,32 +18,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqax import config_loading
 from vqax.audio.io import read_audio
 from vqax.data import speakers
-from vqax.errors import CheckpointError, DataError
+from vqax.errors import DataError
 from vqax.eval import metrics, plots
 from vqax.models.mrl import CLASS_WEIGHTS
 from vqax.tasks.redimnet_mrl import build_model
-from vqax.train.checkpointing import Checkpointer
+from vqax.train.checkpointing import restore_trained
 
 
 def load_trained(workdir):
   """(config, model, variables, step) of the newest checkpoint in `workdir`."""
-  workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise CheckpointError(f"--workdir {workdir}: no config.json (is this a vqax training folder?)")
-  config = config_loading.config_from_json(config_path.read_text())
-  if config.get("task") != "redimnet_mrl":
-    raise CheckpointError(f"--workdir {workdir}: trained task {config.get('task')!r}, not 'redimnet_mrl'")
-  checkpointer = Checkpointer(workdir / "checkpoints")
-  try:
-    state, step = checkpointer.restore(None)
-  finally:
-    checkpointer.close()
-  if state is None:
-    raise CheckpointError(f"--workdir {workdir}: no checkpoint to evaluate (train first)")
+  config, state, step = restore_trained(workdir, "redimnet_mrl", "evaluate")
   num_classes = state["params"]["head"][CLASS_WEIGHTS].shape[0]
   variables = {"params": state["params"], **state["model_state"]}
   return config, build_model(config, num_classes), variables, step

@@ -234,3 +234,26 @@ def abstract_like(tree, shardings=None):
   if shardings is None:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def restore_trained(workdir, task: str, purpose: str):
+  """(config, saved state dict, step) of the newest checkpoint of a training folder, for evaluation.
+
+  CheckpointError (one line) when the folder is not a vqax run of `task`, or holds no checkpoint yet.
+  """
+  from vqax import config_loading
+  workdir = pathlib.Path(workdir)
+  config_path = workdir / "config.json"
+  if not config_path.is_file():
+    raise CheckpointError(f"--workdir {workdir}: no config.json (is this a vqax training folder?)")
+  config = config_loading.config_from_json(config_path.read_text())
+  if config.get("task") != task:
+    raise CheckpointError(f"--workdir {workdir}: trained task {config.get('task')!r}, not {task!r}")
+  checkpointer = Checkpointer(workdir / "checkpoints")
+  try:
+    state, step = checkpointer.restore(None)
+  finally:
+    checkpointer.close()
+  if state is None:
+    raise CheckpointError(f"--workdir {workdir}: no checkpoint to {purpose} (train first)")
+  return config, state, step
