@@ -60,13 +60,8 @@ def bench_config(task: str, overrides: dict):
     config.freeze_backbone_epochs = 0
     config.margin_ramp_end_epoch = 0  # the full margin from the start, as the PyTorch loss
     config.num_classes = SPEAKER_CLASSES
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  # The CLI's own override path: an unknown or mistyped field fails as it would on the command line.
+  return config_loading.apply_overrides(config, [f"--config.{key}={value}" for key, value in overrides.items()])
 
 
 def make_batch(task: str, config, seed: int = 0):
@@ -126,7 +121,7 @@ def prepare_weights(task_name: str, config, workdir: pathlib.Path) -> None:
 class VqaxRunner:
   def __init__(self, task_name, config):
     from vqax.train import sharding, trainer
-    t, spec, self.state = initial_state(config, task_name)
+    t, _, self.state = initial_state(config, task_name)
     self.batch = sharding.global_batch(t.mesh, make_batch(task_name, config))
     start = time.perf_counter()
     self.step = t.compile_train_step(trainer.phase_at(t.phases, 0)).lower(self.state, self.batch).compile()
