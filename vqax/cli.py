@@ -15,6 +15,7 @@ import pathlib
 import sys
 
 from vqax.errors import VqaxError
+from vqax.memory import host_allocator
 
 DEFAULT_CONFIGS = {"train": "configs/vqvae_dcase.py"}
 # Defaults name the package's own configs by absolute path: a configs/ folder in the current directory
@@ -173,6 +174,8 @@ COMMANDS = {"train": cmd_train, "score": cmd_score, "synth": cmd_synth, "demo": 
 
 
 def main(argv=None) -> int:
+  # Before JAX starts its threads: XLA:CPU's per-step buffers then reuse their pages (see host_allocator).
+  host_allocator.keep_freed_host_memory()
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[vqax] %(message)s")
