@@ -1,4 +1,4 @@
-"""keep_freed_host_memory: a jitted step with a large temporary buffer stops page-faulting it every call."""
+"""keep_freed_host_memory (opt-in): a jitted step with a large temporary buffer stops page-faulting it every call."""
 import json
 import os
 import platform
@@ -11,7 +11,7 @@ import pytest
 _PROBE = r"""
 import json, resource, sys
 from vqax.memory import host_allocator
-applied = host_allocator.keep_freed_host_memory()
+applied = host_allocator.requested() and host_allocator.keep_freed_host_memory()
 import jax, jax.numpy as jnp
 
 @jax.jit

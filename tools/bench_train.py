@@ -3,6 +3,7 @@
   python tools/bench_train.py                        # every case, table + docs/bench_train.json
   python tools/bench_train.py --cases vqvae_16x16 --rounds 5 --steps 10
   python tools/bench_train.py --no_compile           # skip torch.compile (its first compile takes minutes)
+  python tools/bench_train.py --cases redimnet_b2 --runners "vqax,torch eager" --append   # fewer workers
 
 Needs the torch extra (`pip install -e '.[torch]'`, the CPU build). For each case the runners are worker
 processes of this one (so each one's peak RSS is its own), started from one set of weights:
@@ -10,7 +11,12 @@ processes of this one (so each one's peak RSS is its own), started from one set 
   vqax plain       VQ-VAE only: the same step with the textbook layers (strided conv, nn.ConvTranspose-style
                    lhs-dilated conv, XLA's gradients): what the reformulated layers buy;
   torch eager      `tools/torch_models.py`: the same architecture, loss, AdamW and clipping;
-  torch.compile    the same model through torch.compile (inductor), after its compile.
+  torch.compile    the same model through torch.compile (inductor), after its compile;
+  ... +kept memory vqax and torch again with the host-allocator settings of VQAX_KEEP_FREED_MEMORY=1
+                   (`vqax.memory.host_allocator`, opt-in): without them glibc maps and unmaps every large
+                   buffer each step and both frameworks page-fault it in again; with them the process keeps
+                   its freed memory (more RSS). Both frameworks get the rows, so that the ratio compares steps,
+                   not allocators.
 Before timing, the first step's loss of every runner must agree (same weights, same batch); then the
 runners take turns, `--rounds` times `--steps` steps each after warm-up, so that machine noise falls on all
 of them alike. Reported: median step time, steps/s, samples/s (patches, or seconds of audio), the ratio
@@ -45,6 +51,7 @@ CASES = {
     "redimnet_b2": ("redimnet_mrl", {"model_size": "b2", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
                     "s audio"),
 }
+KEPT = " +kept memory"
 PLAIN_LAYERS = {"model.upsample_impl": "transpose", "model.downsample_impl": "strided", "model.conv_impl": "xla"}
 
 
@@ -173,12 +180,15 @@ def _rss_bytes() -> int:
 def worker(runner: str, task_name: str, config, workdir: str, conn) -> None:
   """Build the runner, report the first step's loss, then time steps on request."""
   workdir = pathlib.Path(workdir)
+  if runner.endswith(KEPT):
+    from vqax.memory import host_allocator
+    host_allocator.keep_freed_host_memory()  # before jax or torch starts a thread, as `vqax` does when asked
   try:
     start = time.perf_counter()
     if runner.startswith("vqax"):
       run = VqaxRunner(task_name, config)
     else:
-      run = TorchRunner(task_name, config, workdir, compiled=runner == "torch.compile")
+      run = TorchRunner(task_name, config, workdir, compiled=runner.startswith("torch.compile"))
     first_loss = run()  # includes torch.compile's compile
     setup_s = time.perf_counter() - start
     conn.send({"first_loss": first_loss, "setup_s": setup_s, "compile_s": run.compile_s,
@@ -238,8 +248,12 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
     for i in range(rounds):
       order = list(workers)[i % len(workers):] + list(workers)[:i % len(workers)]
       for r in order:
-        workers[r][1].send(steps)
-        times[r] += workers[r][1].recv()["times"]
+        try:
+          workers[r][1].send(steps)
+          times[r] += workers[r][1].recv()["times"]
+        except (EOFError, OSError):  # the worker died, e.g. killed for memory: report it, keep the others
+          rows[r]["error"] = f"worker died in round {i + 1} (exit code {workers[r][0].exitcode})"
+          del workers[r]
     for r, (process, conn) in workers.items():
       conn.send(None)
       rows[r]["peak_rss"] = conn.recv()["peak_rss"]
@@ -247,26 +261,29 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       median = statistics.median(times[r])
       rows[r].update(step_s=median, steps_per_s=1 / median, samples_per_s=samples / median,
                      step_s_all=times[r])
-  eager = rows.get("torch eager", {}).get("steps_per_s")
-  for row in rows.values():
-    if eager and "steps_per_s" in row:
-      row["vs_torch_eager"] = row["steps_per_s"] / eager
+  for key, baseline in (("vs_torch_eager", "torch eager"), ("vs_torch_eager_kept", "torch eager" + KEPT)):
+    eager = rows.get(baseline, {}).get("steps_per_s")
+    for row in rows.values():
+      if eager and "steps_per_s" in row:
+        row[key] = row["steps_per_s"] / eager
   return {"case": name, "config": overrides, "samples_per_step": samples, "sample_unit": unit,
           "rows": list(rows.values())}
 
 
 def table(results: list[dict]) -> str:
-  lines = ["| case | runner | step (ms) | steps/s | samples/s | vs torch eager | compiled peak (MiB) | peak RSS (MiB) |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| case | runner | step (ms) | steps/s | samples/s | vs torch eager | vs torch eager +kept memory | "
+           "compiled peak (MiB) | peak RSS (MiB) |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   for result in results:
     for row in result["rows"]:
       if "steps_per_s" not in row:
-        lines.append(f"| {result['case']} | {row['runner']} | {row.get('error', 'failed')} |||||")
+        lines.append(f"| {result['case']} | {row['runner']} | {row.get('error', 'failed')} ||||||")
         continue
       peak = f"{row['compiled_peak'] / MiB:.0f}" if row.get("compiled_peak") else "-"
-      ratio = f"{row['vs_torch_eager']:.2f}x" if "vs_torch_eager" in row else "-"
+      ratio, ratio_kept = (f"{row[key]:.2f}x" if key in row else "-"
+                           for key in ("vs_torch_eager", "vs_torch_eager_kept"))
       lines.append(f"| {result['case']} | {row['runner']} | {1000 * row['step_s']:.0f} | {row['steps_per_s']:.2f} | "
-                   f"{row['samples_per_s']:.1f} {result['sample_unit']} | {ratio} | {peak} | "
+                   f"{row['samples_per_s']:.1f} {result['sample_unit']} | {ratio} | {ratio_kept} | {peak} | "
                    f"{row['peak_rss'] / MiB:.0f} |")
   return "\n".join(lines)
 
@@ -294,24 +311,36 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
   parser.add_argument("--no_compile", action="store_true", help="leave out torch.compile")
   parser.add_argument("--setup_timeout", type=float, default=1200, help="seconds allowed for one runner's setup")
+  parser.add_argument("--runners", default=None, help="comma-separated subset of the runners (default: all)")
   parser.add_argument("--json", default=str(REPO / "docs" / "bench_train.json"))
+  parser.add_argument("--append", action="store_true", help="keep the other cases already in --json")
   args = parser.parse_args(argv)
   cases = args.cases.split(",")
   unknown = [c for c in cases if c not in CASES]
   if unknown:
     parser.error(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(CASES)}")
-  runners = ["vqax", "vqax plain", "torch eager"] + ([] if args.no_compile else ["torch.compile"])
+  torch_runners = ["torch eager"] + ([] if args.no_compile else ["torch.compile"])
+  runners = ["vqax", "vqax plain"] + torch_runners + [r + KEPT for r in ["vqax"] + torch_runners]
+  if args.runners:
+    wanted = args.runners.split(",")
+    if any(r not in runners for r in wanted):
+      parser.error(f"--runners: expected some of {', '.join(runners)}")
+    runners = [r for r in runners if r in wanted]
+  json_path = pathlib.Path(args.json) if args.json else None
   results = []
+  if json_path and args.append and json_path.exists():  # earlier cases of this file, replaced case by case
+    results = [r for r in json.loads(json_path.read_text())["results"] if r["case"] not in cases]
   for case in cases:
     print(f"{case}:", flush=True)
     results.append(bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout))
+    if json_path:  # after every case: a later case failing loses nothing
+      json_path.write_text(json.dumps({"machine": machine(), "rounds": args.rounds, "steps": args.steps,
+                                       "results": results}, indent=1))
   header = f"Machine: {machine()}. Median of {args.rounds} x {args.steps} alternating timed steps per runner."
   print(header)
   print(table(results))
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps({"machine": machine(), "rounds": args.rounds, "steps": args.steps,
-                                                   "results": results}, indent=1))
-    print(f"wrote {args.json}")
+  if json_path:
+    print(f"wrote {json_path}")
   return 0
 
 

@@ -174,8 +174,9 @@ COMMANDS = {"train": cmd_train, "score": cmd_score, "synth": cmd_synth, "demo": 
 
 
 def main(argv=None) -> int:
-  # Before JAX starts its threads: XLA:CPU's per-step buffers then reuse their pages (see host_allocator).
-  host_allocator.keep_freed_host_memory()
+  if host_allocator.requested():
+    # Before JAX starts its threads: XLA:CPU's per-step buffers then reuse their pages (see host_allocator).
+    host_allocator.keep_freed_host_memory()
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[vqax] %(message)s")
