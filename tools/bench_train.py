@@ -333,6 +333,7 @@ def main(argv=None) -> int:
   for case in cases:
     print(f"{case}:", flush=True)
     results.append(bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout))
+    results.sort(key=lambda r: list(CASES).index(r["case"]))
     if json_path:  # after every case: a later case failing loses nothing
       json_path.write_text(json.dumps({"machine": machine(), "rounds": args.rounds, "steps": args.steps,
                                        "results": results}, indent=1))
