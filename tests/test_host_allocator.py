@@ -24,11 +24,12 @@ x = jnp.ones((4096, 256), jnp.float32)
 w = jnp.ones((256, 4096), jnp.float32) * 1e-3
 for _ in range(15):  # the heap grows to its working size over the first few calls
   step(x, w).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(9):  # per call, so that one call that grows the heap once more does not count as every call
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   step(x, w).block_until_ready()
-print(json.dumps({"applied": applied,
-                  "faults_per_call": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}))
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults_per_call": sorted(faults)[len(faults) // 2], "faults": faults}))
 """
 
 
@@ -44,6 +45,7 @@ def _probe(keep: bool) -> dict:
 def test_kept_memory_is_not_faulted_in_again():
   plain, kept = _probe(keep=False), _probe(keep=True)
   assert plain["applied"] is False and kept["applied"] is True
-  # 64 MiB of 4 KiB pages is 16,384 faults per call when the buffer is unmapped and mapped again.
+  # 64 MiB of 4 KiB pages is 16,384 faults per call when the buffer is unmapped and mapped again. Medians:
+  # under load (CI runs two test workers) the kept heap may still grow once in a while, faulting one call.
   assert plain["faults_per_call"] > 8000, plain
   assert kept["faults_per_call"] < plain["faults_per_call"] / 20, (plain, kept)
