@@ -12,11 +12,13 @@ processes of this one (so each one's peak RSS is its own), started from one set 
                    lhs-dilated conv, XLA's gradients): what the reformulated layers buy;
   torch eager      `tools/torch_models.py`: the same architecture, loss, AdamW and clipping;
   torch.compile    the same model through torch.compile (inductor), after its compile;
-  ... +kept memory vqax and torch again with the host-allocator settings of VQAX_KEEP_FREED_MEMORY=1
-                   (`vqax.memory.host_allocator`, opt-in): without them glibc maps and unmaps every large
-                   buffer each step and both frameworks page-fault it in again; with them the process keeps
-                   its freed memory (more RSS). Both frameworks get the rows, so that the ratio compares steps,
-                   not allocators.
+  ... +huge pages  again with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, what the `vqax` executable sets for
+                   itself (`vqax.memory.host_allocator`): glibc maps and unmaps every large buffer each step
+                   and both frameworks page-fault it in again, 4 KiB at a time without it, 2 MiB with it;
+  ... +kept memory again with the opt-in settings of VQAX_KEEP_FREED_MEMORY=1: the process keeps its freed
+                   memory (no faults, more RSS).
+                   Both frameworks get these rows, so that one ratio column compares steps under the same
+                   allocator and the other compares each framework as it runs by default.
 Before timing, the first step's loss of every runner must agree (same weights, same batch); then the
 runners take turns, `--rounds` times `--steps` steps each after warm-up, so that machine noise falls on all
 of them alike. Reported: median step time, steps/s, samples/s (patches, or seconds of audio), the ratio
@@ -52,6 +54,9 @@ CASES = {
                     "s audio"),
 }
 KEPT = " +kept memory"
+HUGE = " +huge pages"
+DEFAULT_RUNNERS = ("vqax", "vqax" + HUGE, "vqax plain", "torch eager", "torch.compile", "torch eager" + HUGE,
+                   "vqax" + KEPT, "torch eager" + KEPT)
 PLAIN_LAYERS = {"model.upsample_impl": "transpose", "model.downsample_impl": "strided", "model.conv_impl": "xla"}
 
 
@@ -177,10 +182,31 @@ def _rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def allocator(runner: str) -> str:
+  """The runner's host-allocator suffix ('' for glibc's defaults)."""
+  return next((suffix for suffix in (HUGE, KEPT) if runner.endswith(suffix)), "")
+
+
+def _start_worker(ctx, runner: str, args: tuple):
+  """A spawned worker; GLIBC_TUNABLES is read at process start, so '+huge pages' goes in its environment."""
+  from vqax.memory import host_allocator
+  saved = os.environ.pop("GLIBC_TUNABLES", None)
+  try:
+    if allocator(runner) == HUGE:
+      os.environ["GLIBC_TUNABLES"] = host_allocator.HUGE_PAGES_TUNABLE
+    process = ctx.Process(target=worker, args=(runner, *args), daemon=True)
+    process.start()
+  finally:
+    os.environ.pop("GLIBC_TUNABLES", None)
+    if saved is not None:
+      os.environ["GLIBC_TUNABLES"] = saved
+  return process
+
+
 def worker(runner: str, task_name: str, config, workdir: str, conn) -> None:
   """Build the runner, report the first step's loss, then time steps on request."""
   workdir = pathlib.Path(workdir)
-  if runner.endswith(KEPT):
+  if allocator(runner) == KEPT:
     from vqax.memory import host_allocator
     host_allocator.keep_freed_host_memory()  # before jax or torch starts a thread, as `vqax` does when asked
   try:
@@ -222,8 +248,7 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       if task_name != "vqvae":
         run_config.init_from = config.init_from  # the converted PyTorch initialisation
       parent, child = ctx.Pipe()
-      process = ctx.Process(target=worker, args=(r, task_name, run_config, tmp, child), daemon=True)
-      process.start()
+      process = _start_worker(ctx, r, (task_name, run_config, tmp, child))
       # One worker sets up at a time: compiles do not compete with each other.
       if not parent.poll(setup_timeout):
         process.kill()
@@ -261,9 +286,10 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       median = statistics.median(times[r])
       rows[r].update(step_s=median, steps_per_s=1 / median, samples_per_s=samples / median,
                      step_s_all=times[r])
-  for key, baseline in (("vs_torch_eager", "torch eager"), ("vs_torch_eager_kept", "torch eager" + KEPT)):
-    eager = rows.get(baseline, {}).get("steps_per_s")
-    for row in rows.values():
+  for row in rows.values():  # against torch eager as it runs by default, and under the row's own allocator
+    for key, baseline in (("vs_torch_eager", "torch eager"),
+                          ("vs_torch_eager_same_allocator", "torch eager" + allocator(row["runner"]))):
+      eager = rows.get(baseline, {}).get("steps_per_s")
       if eager and "steps_per_s" in row:
         row[key] = row["steps_per_s"] / eager
   return {"case": name, "config": overrides, "samples_per_step": samples, "sample_unit": unit,
@@ -271,7 +297,7 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
 
 
 def table(results: list[dict]) -> str:
-  lines = ["| case | runner | step (ms) | steps/s | samples/s | vs torch eager | vs torch eager +kept memory | "
+  lines = ["| case | runner | step (ms) | steps/s | samples/s | vs torch eager | vs torch eager, same allocator | "
            "compiled peak (MiB) | peak RSS (MiB) |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   for result in results:
@@ -280,10 +306,10 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {result['case']} | {row['runner']} | {row.get('error', 'failed')} ||||||")
         continue
       peak = f"{row['compiled_peak'] / MiB:.0f}" if row.get("compiled_peak") else "-"
-      ratio, ratio_kept = (f"{row[key]:.2f}x" if key in row else "-"
-                           for key in ("vs_torch_eager", "vs_torch_eager_kept"))
+      ratio, ratio_same = (f"{row[key]:.2f}x" if key in row else "-"
+                           for key in ("vs_torch_eager", "vs_torch_eager_same_allocator"))
       lines.append(f"| {result['case']} | {row['runner']} | {1000 * row['step_s']:.0f} | {row['steps_per_s']:.2f} | "
-                   f"{row['samples_per_s']:.1f} {result['sample_unit']} | {ratio} | {ratio_kept} | {peak} | "
+                   f"{row['samples_per_s']:.1f} {result['sample_unit']} | {ratio} | {ratio_same} | {peak} | "
                    f"{row['peak_rss'] / MiB:.0f} |")
   return "\n".join(lines)
 
@@ -311,7 +337,9 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
   parser.add_argument("--no_compile", action="store_true", help="leave out torch.compile")
   parser.add_argument("--setup_timeout", type=float, default=1200, help="seconds allowed for one runner's setup")
-  parser.add_argument("--runners", default=None, help="comma-separated subset of the runners (default: all)")
+  parser.add_argument("--runners", default=None,
+                      help=f"comma-separated runners (default: {', '.join(DEFAULT_RUNNERS)}); any framework with "
+                           f"'{HUGE.strip()}' or '{KEPT.strip()}' after it")
   parser.add_argument("--json", default=str(REPO / "docs" / "bench_train.json"))
   parser.add_argument("--append", action="store_true", help="keep the other cases already in --json")
   args = parser.parse_args(argv)
@@ -319,13 +347,16 @@ def main(argv=None) -> int:
   unknown = [c for c in cases if c not in CASES]
   if unknown:
     parser.error(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(CASES)}")
-  torch_runners = ["torch eager"] + ([] if args.no_compile else ["torch.compile"])
-  runners = ["vqax", "vqax plain"] + torch_runners + [r + KEPT for r in ["vqax"] + torch_runners]
+  known = [base + suffix for base in ("vqax", "torch eager", "torch.compile") for suffix in ("", HUGE, KEPT)]
+  known.insert(1, "vqax plain")
+  runners = list(DEFAULT_RUNNERS)
   if args.runners:
     wanted = args.runners.split(",")
-    if any(r not in runners for r in wanted):
-      parser.error(f"--runners: expected some of {', '.join(runners)}")
-    runners = [r for r in runners if r in wanted]
+    if any(r not in known for r in wanted):
+      parser.error(f"--runners: expected some of {', '.join(known)}")
+    runners = [r for r in known if r in wanted]
+  if args.no_compile:
+    runners = [r for r in runners if not r.startswith("torch.compile")]
   json_path = pathlib.Path(args.json) if args.json else None
   results = []
   if json_path and args.append and json_path.exists():  # earlier cases of this file, replaced case by case

@@ -193,5 +193,11 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+  """The `vqax` executable: huge pages for XLA's host buffers (restarts once, see host_allocator), then main."""
+  host_allocator.restart_with_huge_pages()
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry()
