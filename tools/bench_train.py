@@ -21,8 +21,9 @@ processes of this one (so each one's peak RSS is its own), started from one set 
                    allocator and the other compares each framework as it runs by default.
 Before timing, the first step's loss of every runner must agree (same weights, same batch); then the
 runners take turns, `--rounds` times `--steps` steps each after warm-up, so that machine noise falls on all
-of them alike. Reported: median step time, steps/s, samples/s (patches, or seconds of audio), the ratio
-to torch eager, and peak memory: the compiled peak (argument + output + temp - alias) for vqax and the
+of them alike. Reported: median step time, steps/s, samples/s (patches, or seconds of audio), the speed
+ratio to torch eager (the median over rounds of the ratio within each round: the machine's speed drifts
+between rounds), and peak memory: the compiled peak (argument + output + temp - alias) for vqax and the
 process's peak RSS for every runner.
 """
 import argparse
@@ -55,8 +56,9 @@ CASES = {
 }
 KEPT = " +kept memory"
 HUGE = " +huge pages"
-DEFAULT_RUNNERS = ("vqax", "vqax" + HUGE, "vqax plain", "torch eager", "torch.compile", "torch eager" + HUGE,
-                   "vqax" + KEPT, "torch eager" + KEPT)
+# "vqax plain" (about 20x slower than vqax) is left out of the default: its steps would fill most of every round.
+DEFAULT_RUNNERS = ("vqax", "vqax" + HUGE, "torch eager", "torch.compile", "torch eager" + HUGE, "vqax" + KEPT,
+                   "torch eager" + KEPT)
 PLAIN_LAYERS = {"model.upsample_impl": "transpose", "model.downsample_impl": "strided", "model.conv_impl": "xla"}
 
 
@@ -270,12 +272,15 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       if reference is not None and abs(losses[r] - reference) > 1e-3 * max(1.0, abs(reference)):
         rows[r]["error"] = f"first loss {losses[r]:.6g} differs from {reference:.6g}: not the same computation"
     times = {r: [] for r in workers}
+    round_medians = {r: [] for r in workers}
     for i in range(rounds):
       order = list(workers)[i % len(workers):] + list(workers)[:i % len(workers)]
       for r in order:
         try:
           workers[r][1].send(steps)
-          times[r] += workers[r][1].recv()["times"]
+          round_times = workers[r][1].recv()["times"]
+          times[r] += round_times
+          round_medians[r].append(statistics.median(round_times))
         except (EOFError, OSError):  # the worker died, e.g. killed for memory: report it, keep the others
           rows[r]["error"] = f"worker died in round {i + 1} (exit code {workers[r][0].exitcode})"
           del workers[r]
@@ -285,15 +290,26 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       process.join()
       median = statistics.median(times[r])
       rows[r].update(step_s=median, steps_per_s=1 / median, samples_per_s=samples / median,
-                     step_s_all=times[r])
+                     step_s_all=times[r], step_s_rounds=round_medians[r])
   for row in rows.values():  # against torch eager as it runs by default, and under the row's own allocator
     for key, baseline in (("vs_torch_eager", "torch eager"),
                           ("vs_torch_eager_same_allocator", "torch eager" + allocator(row["runner"]))):
-      eager = rows.get(baseline, {}).get("steps_per_s")
-      if eager and "steps_per_s" in row:
-        row[key] = row["steps_per_s"] / eager
+      ratio = paired_speedup(row.get("step_s_rounds"), rows.get(baseline, {}).get("step_s_rounds"))
+      if ratio is not None:
+        row[key] = ratio
   return {"case": name, "config": overrides, "samples_per_step": samples, "sample_unit": unit,
           "rows": list(rows.values())}
+
+
+def paired_speedup(runner_rounds, baseline_rounds) -> float | None:
+  """Median over rounds of baseline time / runner time, each pair timed minutes apart in the same round.
+
+  A shared machine's speed drifts by tens of percent from one minute to the next; a ratio of two overall
+  medians would mix rounds the drift treated differently, the per-round ratio cancels it.
+  """
+  if not runner_rounds or not baseline_rounds:
+    return None
+  return statistics.median(b / r for r, b in zip(runner_rounds, baseline_rounds))
 
 
 def table(results: list[dict]) -> str:
@@ -332,8 +348,8 @@ def machine() -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-  parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=5, help="timed steps per runner per round")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per runner per round")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
   parser.add_argument("--no_compile", action="store_true", help="leave out torch.compile")
   parser.add_argument("--setup_timeout", type=float, default=1200, help="seconds allowed for one runner's setup")
