@@ -294,3 +294,18 @@ def test_fast_convolutions_give_the_plain_gradients(variant):
     scale = max(float(np.max(np.abs(np.asarray(b)))) for b in jax.tree.leaves(grads_xla))
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_auto), jax.tree.leaves(grads_xla)):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("num_inputs, channels", [(3, 6), (1, 1)])
+def test_weighted_sum_is_the_softmax_weighted_sum_of_its_inputs(num_inputs, channels):
+  from vqax.models.redimnet import WeightedSum
+  rng = np.random.default_rng(0)
+  inputs = [rng.standard_normal((2, 5, 6)) for _ in range(num_inputs)]
+  w = rng.standard_normal((num_inputs, channels))
+  with jax.enable_x64(True):
+    out = WeightedSum(num_inputs, channels, dtype=jnp.float64, param_dtype=jnp.float64).apply(
+        {"params": {"w": jnp.asarray(w)}}, [jnp.asarray(x) for x in inputs])
+  chex.assert_shape(out, (2, 5, 6))
+  # The module takes its softmax in float32 whatever the dtype (as the official float32 weights do).
+  weights = np.asarray(jax.nn.softmax(jnp.asarray(w, jnp.float32), axis=0), np.float64)
+  np.testing.assert_allclose(np.asarray(out), sum(weights[i] * inputs[i] for i in range(num_inputs)), rtol=1e-12)
