@@ -17,7 +17,7 @@ THP_MODE = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _PROBE = r"""
 import json, resource, sys
 from vqax.memory import host_allocator
-applied = host_allocator.requested() and host_allocator.keep_freed_host_memory()
+applied = host_allocator.keep_memory_requested() and host_allocator.keep_freed_host_memory()
 import jax, jax.numpy as jnp
 
 @jax.jit

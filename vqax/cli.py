@@ -174,7 +174,7 @@ COMMANDS = {"train": cmd_train, "score": cmd_score, "synth": cmd_synth, "demo": 
 
 
 def main(argv=None) -> int:
-  if host_allocator.requested():
+  if host_allocator.keep_memory_requested():
     # Before JAX starts its threads: XLA:CPU's per-step buffers then reuse their pages (see host_allocator).
     host_allocator.keep_freed_host_memory()
   parser = build_parser()

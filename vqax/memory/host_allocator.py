@@ -36,14 +36,14 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 _TRUE = ("1", "true", "yes", "on")
 
 
-def requested() -> bool:
+def keep_memory_requested() -> bool:
   """Whether VQAX_KEEP_FREED_MEMORY asks for it (1/true/yes/on)."""
   return os.environ.get(ENV_SWITCH, "0").strip().lower() in _TRUE
 
 
-def huge_pages_requested(environ=os.environ) -> bool:
+def huge_pages_requested() -> bool:
   """Whether VQAX_HUGE_PAGES leaves huge pages on (the default) on a glibc system."""
-  on = environ.get(HUGE_PAGES_SWITCH, "1").strip().lower() in _TRUE
+  on = os.environ.get(HUGE_PAGES_SWITCH, "1").strip().lower() in _TRUE
   return on and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
