@@ -31,6 +31,10 @@ CONV_CASES = {
     "single_channel_in": ((2, 6, 6, 1), (3, 3, 1, 4), (1, 1), ((1, 1), (1, 1)), 1),
     "depthwise": ((2, 6, 7, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 6),
     "grouped": ((2, 5, 5, 8), (3, 3, 2, 8), (1, 1), ((1, 1), (1, 1)), 4),
+    "grouped_squeeze": ((3, 5, 6, 12), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)), 4),  # ReDimNet's squeeze
+    "grouped_expand": ((2, 6, 5, 3), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 3),
+    "grouped_strided": ((2, 9, 8, 6), (3, 3, 2, 6), (2, 1), ((1, 1), (1, 1)), 3),
+    "depthwise_long_1d": ((3, 40, 5), (19, 1, 5), (1,), ((9, 9),), 5),  # a time-context block's conv
     "strided": ((2, 9, 8, 3), (4, 4, 3, 5), (2, 2), ((1, 1), (1, 1)), 1),
     "one_dimensional": ((3, 11, 4), (5, 4, 6), (1,), ((2, 2),), 1),
 }
@@ -75,6 +79,38 @@ def test_forms_keep_bfloat16_and_accumulate_kernel_grad_in_float32():
   _, ref_vjp = jax.vjp(lambda a, b: _reference(a, b, (1, 1), pad, 1), x.astype(jnp.float32), kernel.astype(jnp.float32))
   _, dk_ref = ref_vjp(jnp.ones(y.shape, jnp.float32))
   np.testing.assert_allclose(np.asarray(dk, np.float32), dk_ref, rtol=2e-2, atol=2e-2)
+
+
+SUMMED_PAIR_CASES = ["grouped", "grouped_squeeze", "grouped_strided"]
+
+
+@pytest.mark.parametrize("case", SUMMED_PAIR_CASES)
+def test_grouped_conv_as_summed_depthwise_pairs_matches_xla_convolution(case):
+  # Checked directly, not only through conv(impls=None): that route takes it on CPU alone.
+  x_shape, k_shape, strides, padding, groups = CONV_CASES[case]
+  assert k_shape[-2] > 1 and fast_conv.sums_input_pairs(k_shape, groups)
+  with jax.enable_x64(True):
+    keys = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(keys[0], x_shape, jnp.float64)
+    kernel = jax.random.normal(keys[1], k_shape, jnp.float64)
+    y = _reference(x, kernel, strides, padding, groups)
+    dy = jax.random.normal(keys[2], y.shape, jnp.float64)
+    expected = _value_and_grads(lambda a, b: _reference(a, b, strides, padding, groups), x, kernel, dy)
+    got = _value_and_grads(lambda a, b: fast_conv.summed_pairs_conv(a, b, strides, padding, groups), x, kernel, dy)
+    for name, g, e in zip(("output", "input grad", "kernel grad"), got, expected):
+      chex.assert_shape(g, e.shape)
+      np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{case} {name}")
+
+
+def test_summed_pairs_keep_bfloat16():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 12), jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4), jnp.bfloat16)
+  pad = ((1, 1), (1, 1))
+  y, vjp = jax.vjp(lambda a, b: fast_conv.summed_pairs_conv(a, b, (1, 1), pad, 4), x, kernel)
+  dx, dk = vjp(jnp.ones_like(y))
+  chex.assert_type([y, dx, dk], jnp.bfloat16)
+  reference = _reference(x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), pad, 4)
+  np.testing.assert_allclose(np.asarray(y, np.float32), reference, rtol=5e-2, atol=5e-2)
 
 
 def test_drop_in_for_nn_conv_keeps_parameters_and_results():

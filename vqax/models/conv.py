@@ -13,6 +13,9 @@ fused multiply-adds). Here every pass is one of three forms, chosen per pass fro
   and single-channel sides, where a matmul would be a thin sliver); kernel gradients as one multi-output
   reduction over batch and positions.
 Each form computes the same products and sums in another order (float32 rounding differences only).
+A grouped convolution that sums several inputs per output runs on XLA:CPU as a depthwise convolution over
+its channel pairs followed by a 0/1 matmul (`summed_pairs_conv`), so that XLA cannot recompute it inside
+its consumers.
 
 Use `conv_general_dilated` through `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: parameters
 are unchanged. Cases outside these forms (dilations, batch groups, channels-first layouts) go to XLA.
@@ -91,18 +94,26 @@ def choose_impls(x_shape, kernel_shape, strides, groups: int) -> tuple[str, str,
   return ("gemm" if cin >= cout else "xla"), ("gemm" if cout > cin else "xla"), "gemm"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, groups: int = 1, impls=None):
   """Channels-last convolution: x [N, *spatial, Cin], kernel [*window, Cin/groups, Cout].
 
-  `impls` = (forward, input gradient, kernel gradient) forms from PASS_IMPLS; None chooses by shape.
+  `impls` = (forward, input gradient, kernel gradient) forms from PASS_IMPLS; None chooses by shape, and
+  on XLA:CPU runs a grouped convolution that sums several inputs per output as `summed_pairs_conv`.
   """
+  if impls is None and sums_input_pairs(kernel.shape, groups):
+    return summed_pairs_conv(x, kernel, strides, padding, groups)
+  return conv_passes(x, kernel, strides, padding, groups, impls)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_passes(x, kernel, strides, padding, groups: int = 1, impls=None):
+  """`conv` with each pass (forward, input gradient, kernel gradient) in one of the PASS_IMPLS forms."""
   fwd_impl = (impls or choose_impls(x.shape, kernel.shape, strides, groups))[0]
   return _FORWARD[fwd_impl](x, kernel, strides, padding, groups)
 
 
 def _conv_fwd(x, kernel, strides, padding, groups, impls):
-  return conv(x, kernel, strides, padding, groups, impls), (x, kernel)
+  return conv_passes(x, kernel, strides, padding, groups, impls), (x, kernel)
 
 
 def _conv_bwd(strides, padding, groups, impls, residuals, dy):
@@ -113,7 +124,7 @@ def _conv_bwd(strides, padding, groups, impls, residuals, dy):
   return dx.astype(x.dtype), dw.astype(kernel.dtype)
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+conv_passes.defvjp(_conv_fwd, _conv_bwd)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,28 +178,108 @@ def gemm_conv(x, kernel, strides, padding, groups):
   return shift_sum(parts, [tuple(lo - o for o, (lo, _) in zip(t, padding)) for t in taps], out_spatial)
 
 
+def _pair_kernel(kernel, groups):
+  """[*window, a, G*b] grouped kernel -> [taps, G*a*b]: one weight per (group, input, output) channel pair.
+
+  The gradients of a grouped convolution with a inputs and b outputs per group are those of a depthwise
+  convolution over these G*a*b pairs, whose input is x repeated over b (`_pairs_from_input`) and whose
+  output gradient is dy repeated over a (`_pairs_from_output`). Depthwise, every loop is contiguous in
+  channels: ReDimNet's 60 -> 20 squeeze (a = 3) input gradient takes 30 ms this way and 160 ms per
+  (input, output) channel with a strided stack.
+  """
+  cin_group, cout = kernel.shape[-2], kernel.shape[-1]
+  k = kernel.reshape(-1, cin_group, groups, cout // groups)
+  return jnp.swapaxes(k, 1, 2).reshape(k.shape[0], -1)
+
+
+def _pairs_from_input(x, groups, cin_group, cout_group):
+  """[..., G*a] -> [..., G*a*b]: channel (g, c) repeated for each of its group's b outputs."""
+  if cout_group == 1:
+    return x
+  lead = x.shape[:-1]
+  x = jnp.broadcast_to(x.reshape(lead + (groups, cin_group, 1)), lead + (groups, cin_group, cout_group))
+  return x.reshape(lead + (-1,))
+
+
+def _pairs_from_output(y, groups, cin_group, cout_group):
+  """[..., G*b] -> [..., G*a*b]: output channel (g, o) repeated for each of its group's a inputs."""
+  if cin_group == 1:
+    return y
+  lead = y.shape[:-1]
+  y = jnp.broadcast_to(y.reshape(lead + (groups, 1, cout_group)), lead + (groups, cin_group, cout_group))
+  return y.reshape(lead + (-1,))
+
+
+def _sum_over_outputs(z, groups, cin_group, cout_group):
+  """[..., G*a*b] pair values -> [..., G*a], summed over each input channel's b outputs."""
+  if cout_group == 1:
+    return z
+  lead = z.shape[:-1]
+  z = z.reshape(lead + (groups, cin_group, cout_group))
+  # Added slice by slice: an elementwise loop that fuses with the taps, where a reduce over a short minor
+  # axis does not.
+  return sum(z[..., o] for o in range(cout_group)).reshape(lead + (-1,))
+
+
 def elementwise_conv(x, kernel, strides, padding, groups):
-  """Sum over taps and per-group input channels of shifted input times kernel: one fused loop."""
+  """Sum over taps and per-group input channels of shifted input times kernel: one fused loop.
+
+  Per input channel rather than per channel pair (as the gradients are): ReDimNet's 60 -> 20 squeeze
+  forward takes 17 ms this way and 26 ms over the 60 pairs summed in threes.
+  """
   nd = x.ndim - 2
   window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
   cout_group = cout // groups
   xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-  out_spatial = _out_spatial(x.shape[1:-1], window, strides, padding)
+  out_shape = (x.shape[0],) + _out_spatial(x.shape[1:-1], window, strides, padding)
   k = kernel.reshape(len(_taps(window)), cin_group, groups, cout_group)
   total = 0
   for t, offset in enumerate(_taps(window)):
-    shifted = _tap_slice(xp, offset, out_spatial, strides).reshape(out_spatial_shape(x, out_spatial) +
-                                                                    (groups, cin_group))
+    shifted = _tap_slice(xp, offset, out_shape[1:], strides).reshape(out_shape + (groups, cin_group))
     for c in range(cin_group):
       total = total + shifted[..., c:c + 1] * k[t, c]
-  return total.reshape(out_spatial_shape(x, out_spatial) + (cout,))
-
-
-def out_spatial_shape(x, out_spatial):
-  return (x.shape[0],) + tuple(out_spatial)
+  return total.reshape(out_shape + (cout,))
 
 
 _FORWARD = {"xla": xla_conv, "gemm": gemm_conv, "elementwise": elementwise_conv}
+
+
+def sums_input_pairs(kernel_shape, groups: int) -> bool:
+  """Whether `conv` runs these shapes as `summed_pairs_conv`: on XLA:CPU, grouped, several inputs and few
+  channel pairs per group (ReDimNet's channel squeeze)."""
+  cin_group, cout_group = kernel_shape[-2], kernel_shape[-1] // groups
+  return (jax.default_backend() == "cpu" and groups > 1 and cin_group > 1 and
+          cin_group * cout_group <= _ELEMENTWISE_MAX_CHANNELS)
+
+
+def summed_pairs_conv(x, kernel, strides, padding, groups):
+  """A grouped convolution as a depthwise one over its (group, input, output) channel pairs, then each
+  output's pairs summed by a matmul with a 0/1 matrix: the same products and sums.
+
+  Why: XLA:CPU fuses cheap elementwise producers into every consumer, and a grouped convolution computed
+  as multiply-adds is such a producer. The batch norm after ReDimNet's channel squeeze then recomputes the
+  whole convolution in its backward at each of the nine positions the input gradient reads, with
+  stride-a channel access: one fusion of 430 ms per squeeze in b0's step. A matmul is never recomputed,
+  so the convolution's output and the gradient flowing into it (dy times the 0/1 matrix, another matmul)
+  are each computed once; the depthwise passes on the pairs are contiguous in channels.
+  """
+  nd = x.ndim - 2
+  window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
+  cout_group = cout // groups
+  pairs = groups * cin_group * cout_group
+  x_pairs = _pairs_from_input(x, groups, cin_group, cout_group)
+  pair_kernel = _pair_kernel(kernel, groups).reshape(tuple(window) + (1, pairs))
+  y_pairs = conv_passes(x_pairs, pair_kernel, strides, padding, pairs, None)
+  return jnp.dot(y_pairs, _pair_sum_matrix(groups, cin_group, cout_group, y_pairs.dtype))
+
+
+def _pair_sum_matrix(groups, cin_group, cout_group, dtype):
+  """[G*a*b, G*b] 0/1 matrix: pair (g, c, o) (index (g*a + c)*b + o) adds into output g*b + o."""
+  pair = np.arange(groups * cin_group * cout_group)
+  out = pair // (cin_group * cout_group) * cout_group + pair % cout_group
+  matrix = np.zeros((pair.size, groups * cout_group), np.float32)
+  matrix[pair, out] = 1
+  return jnp.asarray(matrix, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,21 +306,18 @@ def gemm_input_grad(dy, x, kernel, strides, padding, groups):
 
 
 def elementwise_input_grad(dy, x, kernel, strides, padding, groups):
-  """dx[m, g, c] = sum_t sum_o dy[m + low - t, g, o] W[t, c, g, o]: shifted multiply-adds, one loop."""
+  """dx[m] = sum_t dy[m + low - t] W_t per channel pair (shifted multiply-adds, one loop), summed per input."""
   if any(s != 1 for s in strides):
     return xla_input_grad(dy, x, kernel, strides, padding, groups)
   nd = x.ndim - 2
   window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
   cout_group = cout // groups
   taps = _taps(window)
-  k = kernel.reshape(len(taps), cin_group, groups, cout_group)
-  lead = dy.shape[:-1]
-  dyg = dy.reshape(lead + (groups, cout_group))
-  parts = []
-  for t in range(len(taps)):
-    per_c = [sum(dyg[..., o] * k[t, c, :, o] for o in range(cout_group)) for c in range(cin_group)]
-    parts.append(jnp.stack(per_c, axis=-1).reshape(lead + (groups * cin_group,)))
-  return shift_sum(parts, [tuple(o - lo for o, (lo, _) in zip(t, padding)) for t in taps], x.shape[1:-1])
+  weights = _pair_kernel(kernel, groups)
+  dy_pairs = _pairs_from_output(dy, groups, cin_group, cout_group)
+  parts = [dy_pairs * weights[t] for t in range(len(taps))]
+  dx = shift_sum(parts, [tuple(o - lo for o, (lo, _) in zip(t, padding)) for t in taps], x.shape[1:-1])
+  return _sum_over_outputs(dx, groups, cin_group, cout_group)
 
 
 _INPUT_GRAD = {"xla": xla_input_grad, "gemm": gemm_input_grad, "elementwise": elementwise_input_grad}
@@ -281,29 +369,32 @@ def gemm_kernel_grad(dy, x, kernel, strides, padding, groups):
 
 
 def elementwise_kernel_grad(dy, x, kernel, strides, padding, groups):
-  """dW[t, c, g, o] = sum over batch and positions of shifted(x)[.., g, c] * dy[.., g, o].
+  """dW[t, pair] = sum over batch and positions of shifted(x)[.., pair] * dy[.., pair].
 
-  All taps and channel pairs in one variadic reduction, so x and dy are read once (one reduction per tap
-  reads them nine times, memory-bound).
+  All taps in one variadic reduction, so x and dy are read once per example rather than once per tap,
+  and that reduction scanned over the examples: XLA:CPU reduces a [32, 30, 134, 60] map for nine taps in
+  about 80 ms at once and about 55 ms one example at a time (the example's maps stay in cache).
   """
   nd = x.ndim - 2
   window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
   cout_group = cout // groups
   accumulate = jnp.promote_types(dy.dtype, jnp.float32)
-  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-  lead = dy.shape[:-1]
-  dyg = dy.reshape(lead + (groups, cout_group)).astype(accumulate)
-  products = []
-  for offset in _taps(window):
-    shifted = _tap_slice(xp, offset, dy.shape[1:-1], strides).reshape(lead + (groups, cin_group))
-    for c in range(cin_group):
-      products += [shifted[..., c].astype(accumulate) * dyg[..., o] for o in range(cout_group)]
-  axes = tuple(range(len(lead)))
-  sums = jax.lax.reduce(products, [jnp.zeros((), accumulate)] * len(products),
-                        lambda a, b: [u + v for u, v in zip(a, b)], axes)
-  # sums is ordered (tap, c, o), each [groups]: kernel layout is [*window, c, g * cout_group + o].
-  dw = jnp.stack(sums).reshape(len(_taps(window)), cin_group, cout_group, groups)
-  return jnp.swapaxes(dw, 2, 3).reshape(kernel.shape)
+  taps = _taps(window)
+
+  def one_example(total, example):
+    x1, dy1 = (a[None] for a in example)
+    xp = jnp.pad(_pairs_from_input(x1, groups, cin_group, cout_group), ((0, 0),) + tuple(padding) + ((0, 0),))
+    dy_pairs = _pairs_from_output(dy1, groups, cin_group, cout_group).astype(accumulate)
+    products = [_tap_slice(xp, t, dy1.shape[1:-1], strides).astype(accumulate) * dy_pairs for t in taps]
+    sums = jax.lax.reduce(products, [jnp.zeros((), accumulate)] * len(products),
+                          lambda a, b: [u + v for u, v in zip(a, b)], tuple(range(dy1.ndim - 1)))
+    return total + jnp.stack(sums), None
+
+  pairs = groups * cin_group * cout_group
+  dw, _ = jax.lax.scan(one_example, jnp.zeros((len(taps), pairs), accumulate), (x, dy))
+  # Pairs are ordered (g, c, o); the kernel is [*window, c, g * cout_group + o].
+  dw = jnp.swapaxes(dw.reshape(len(taps), groups, cin_group, cout_group), 1, 2)
+  return dw.reshape(kernel.shape)
 
 
 _KERNEL_GRAD = {"xla": xla_kernel_grad, "gemm": gemm_kernel_grad, "elementwise": elementwise_kernel_grad}
