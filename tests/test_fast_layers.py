@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from vqax.models import conv as fast_conv
+from vqax.models.dense import dense_dot_general
 from vqax.models.downsample import Downsample2x, downsample2x
 from vqax.models.upsample import Upsample2x, upsample2x
 from vqax.models.vqvae import VQVAE
@@ -111,6 +112,24 @@ def test_summed_pairs_keep_bfloat16():
   chex.assert_type([y, dx, dk], jnp.bfloat16)
   reference = _reference(x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), pad, 4)
   np.testing.assert_allclose(np.asarray(y, np.float32), reference, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (4, 9, 6), (5, 6)])
+def test_flattened_dense_matmul_is_nn_dense(shape):
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+    plain = nn.Dense(4, param_dtype=jnp.float64)
+    flat = nn.Dense(4, param_dtype=jnp.float64, dot_general=dense_dot_general)
+    variables = plain.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal_shapes(variables, flat.init(jax.random.key(1), x))
+    loss = lambda module: lambda v, x_: jnp.sum(jnp.sin(module.apply(v, x_)))
+    np.testing.assert_allclose(flat.apply(variables, x), plain.apply(variables, x), rtol=1e-12)
+    chex.assert_trees_all_close(jax.grad(loss(flat), argnums=(0, 1))(variables, x),
+                                jax.grad(loss(plain), argnums=(0, 1))(variables, x), rtol=1e-10, atol=1e-12)
+  y = nn.Dense(4, dtype=jnp.bfloat16, dot_general=dense_dot_general).init_with_output(
+      jax.random.key(1), jnp.ones(shape, jnp.bfloat16))[0]
+  chex.assert_shape(y, shape[:-1] + (4,))
+  chex.assert_type(y, jnp.bfloat16)
 
 
 def test_drop_in_for_nn_conv_keeps_parameters_and_results():

@@ -371,27 +371,22 @@ def gemm_kernel_grad(dy, x, kernel, strides, padding, groups):
 def elementwise_kernel_grad(dy, x, kernel, strides, padding, groups):
   """dW[t, pair] = sum over batch and positions of shifted(x)[.., pair] * dy[.., pair].
 
-  All taps in one variadic reduction, so x and dy are read once per example rather than once per tap,
-  and that reduction scanned over the examples: XLA:CPU reduces a [32, 30, 134, 60] map for nine taps in
-  about 80 ms at once and about 55 ms one example at a time (the example's maps stay in cache).
+  All taps in one variadic reduction, so x and dy are read once rather than once per tap. It reduces each
+  example's positions first and the examples after: XLA:CPU then keeps one example's maps in cache (a
+  [32, 30, 134, 60] map for nine taps: 72 ms reduced at once, 29 ms per example), and the batch axis,
+  which data parallelism shards, stays a plain sum.
   """
   nd = x.ndim - 2
   window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
   cout_group = cout // groups
   accumulate = jnp.promote_types(dy.dtype, jnp.float32)
   taps = _taps(window)
-
-  def one_example(total, example):
-    x1, dy1 = (a[None] for a in example)
-    xp = jnp.pad(_pairs_from_input(x1, groups, cin_group, cout_group), ((0, 0),) + tuple(padding) + ((0, 0),))
-    dy_pairs = _pairs_from_output(dy1, groups, cin_group, cout_group).astype(accumulate)
-    products = [_tap_slice(xp, t, dy1.shape[1:-1], strides).astype(accumulate) * dy_pairs for t in taps]
-    sums = jax.lax.reduce(products, [jnp.zeros((), accumulate)] * len(products),
-                          lambda a, b: [u + v for u, v in zip(a, b)], tuple(range(dy1.ndim - 1)))
-    return total + jnp.stack(sums), None
-
-  pairs = groups * cin_group * cout_group
-  dw, _ = jax.lax.scan(one_example, jnp.zeros((len(taps), pairs), accumulate), (x, dy))
+  xp = jnp.pad(_pairs_from_input(x, groups, cin_group, cout_group), ((0, 0),) + tuple(padding) + ((0, 0),))
+  dy_pairs = _pairs_from_output(dy, groups, cin_group, cout_group).astype(accumulate)
+  products = [_tap_slice(xp, t, dy.shape[1:-1], strides).astype(accumulate) * dy_pairs for t in taps]
+  per_example = jax.lax.reduce(products, [jnp.zeros((), accumulate)] * len(products),
+                               lambda a, b: [u + v for u, v in zip(a, b)], tuple(range(1, nd + 1)))
+  dw = jnp.sum(jnp.stack(per_example), axis=1)  # [taps, batch, pairs] -> [taps, pairs]
   # Pairs are ordered (g, c, o); the kernel is [*window, c, g * cout_group + o].
   dw = jnp.swapaxes(dw.reshape(len(taps), groups, cin_group, cout_group), 1, 2)
   return dw.reshape(kernel.shape)

@@ -24,6 +24,7 @@ from vqax.audio.melbanks import MelBanks
 from vqax.errors import ConfigError
 from vqax.memory.remat import maybe_remat, policy_for
 from vqax.models import conv as fast_conv
+from vqax.models.dense import dense_dot_general
 
 # PyTorch's default Conv/Linear weight init, U(+-1/sqrt(fan_in)), so training from scratch starts where the
 # official recipe does. Biases start at zero (PyTorch draws them from the same range; it does not matter).
@@ -76,9 +77,10 @@ class _Layers:
                    conv_general_dilated=fast_conv.conv_general_dilated if fast else None)
 
   def dense(self, features, name=None):
-    """A Linear, or a 1x1 convolution in channels-last layout."""
+    """A Linear, or a 1x1 convolution in channels-last layout (a 2-D matmul on XLA:CPU with conv_impl auto)."""
+    fast = fast_conv.pass_impls(getattr(self, "conv_impl", "auto")) is None
     return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=TORCH_KERNEL_INIT,
-                    name=name)
+                    name=name, dot_general=dense_dot_general if fast else None)
 
   def batch_norm(self, train: bool, eps: float = 1e-5, name=None):
     # PyTorch momentum 0.1 is Flax momentum 0.9; two-pass variance for parity with PyTorch.
