@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vqax.models import conv as fast_conv
-from vqax.models.dense import dense_dot_general
+from vqax.models.dense import dense_dot_general, materialized
 from vqax.models.downsample import Downsample2x, downsample2x
 from vqax.models.upsample import Upsample2x, upsample2x
 from vqax.models.vqvae import VQVAE
@@ -130,6 +130,17 @@ def test_flattened_dense_matmul_is_nn_dense(shape):
       jax.random.key(1), jnp.ones(shape, jnp.bfloat16))[0]
   chex.assert_shape(y, shape[:-1] + (4,))
   chex.assert_type(y, jnp.bfloat16)
+
+
+def test_materialized_is_exactly_the_identity_and_a_matmul_on_cpu():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 7, 6))
+  y, vjp = jax.vjp(jax.jit(materialized), x)
+  dy = jax.random.normal(jax.random.key(1), x.shape)
+  np.testing.assert_array_equal(y, x)
+  np.testing.assert_array_equal(vjp(dy)[0], dy)
+  primitives = {eqn.primitive.name for eqn in jax.make_jaxpr(materialized)(x).jaxpr.eqns}
+  assert ("dot_general" in primitives) == (jax.default_backend() == "cpu")
+  assert not jax.make_jaxpr(lambda a: materialized(a, enabled=False))(x).jaxpr.eqns
 
 
 def test_drop_in_for_nn_conv_keeps_parameters_and_results():

@@ -1,13 +1,16 @@
-"""A Dense layer's matmul over leading dimensions flattened into one (a drop-in for lax.dot_general).
+"""Matmuls that steer XLA:CPU: a Dense layer over flattened leading axes, and a matmul that keeps a value.
 
-flax's nn.Dense contracts the last axis of x [B, F, T, C] with the kernel directly. Its kernel gradient then
-contracts the three leading axes of x and dy, and XLA:CPU writes one of them out transposed first: for a
-ReDimNet-b0 1x1 convolution over [32, 30, 134, 60] maps the kernel gradient takes 46 ms that way and 29 ms
-from [128640, 60] matrices (one transpose of a 31 MB map saved, times the 40 pointwise layers of a step).
-Flattening is a free reshape of row-major arrays, and the products and sums are the same. Only XLA:CPU
-gets it: a TPU tiles the two minor axes, where merging T into the rows can cost a relayout.
+`dense_dot_general` is a drop-in for lax.dot_general in `nn.Dense(..., dot_general=...)`. flax's nn.Dense
+contracts the last axis of x [B, F, T, C] with the kernel directly. Its kernel gradient then contracts
+the three leading axes of x and dy, and XLA:CPU writes one of them out transposed first: for a
+ReDimNet-b0 1x1 convolution over [32, 30, 134, 60] maps the kernel gradient takes 46 ms that way and
+29 ms from [128640, 60] matrices (one transpose of a 31 MB map saved, times the 40 pointwise layers of a
+step). Flattening is a free reshape of row-major arrays; the products, sums and parameters are the same.
 
-Use it through `nn.Dense(..., dot_general=dense_dot_general)`; parameters are unchanged.
+`materialized` makes XLA:CPU compute a value once instead of inside each consumer.
+
+Both act on XLA:CPU only, where they were measured; on GPU/TPU the layers stay plain (a TPU tiles the two
+minor axes, where merging T into the rows can cost a relayout).
 """
 import jax
 
@@ -23,3 +26,17 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
   out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())), precision=precision,
                             preferred_element_type=preferred_element_type, **kwargs)
   return out.reshape(lhs.shape[:-1] + rhs.shape[1:])
+
+
+def materialized(x: jax.Array, enabled: bool = True) -> jax.Array:
+  """x, computed once: on XLA:CPU as x @ I, which XLA cannot fuse into (and so recompute in) its consumers.
+
+  XLA:CPU fuses a cheap elementwise producer into every consumer, however often the consumer reads it. A
+  residual stream relu(bn(...) + x) is such a producer, and each depthwise convolution that reads it at nine
+  shifted positions, forward and in its kernel gradient, recomputes the chain of earlier blocks nine times.
+  A matmul's result is a buffer; an identity matmul adds exact zeros only, and its gradient (dy @ I) is
+  computed once too. Elsewhere x is returned unchanged.
+  """
+  if not enabled or jax.default_backend() != "cpu":
+    return x
+  return jax.lax.dot_general(x, jax.numpy.eye(x.shape[-1], dtype=x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
