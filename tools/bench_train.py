@@ -379,13 +379,18 @@ def main(argv=None) -> int:
     results = [r for r in json.loads(json_path.read_text())["results"] if r["case"] not in cases]
   for case in cases:
     print(f"{case}:", flush=True)
-    results.append(bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout))
+    result = bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout)
+    # Per case: with --append a file holds cases measured on different days, or machines.
+    result.update(machine=machine(), date=time.strftime("%Y-%m-%d"), rounds=args.rounds, steps=args.steps)
+    results.append(result)
     results.sort(key=lambda r: list(CASES).index(r["case"]))
     if json_path:  # after every case: a later case failing loses nothing
       json_path.write_text(json.dumps({"machine": machine(), "rounds": args.rounds, "steps": args.steps,
                                        "results": results}, indent=1))
-  header = f"Machine: {machine()}. Median of {args.rounds} x {args.steps} alternating timed steps per runner."
-  print(header)
+  print("Median of rounds x steps alternating timed steps per runner; measured on:")
+  for result in results:
+    print(f"  {result['case']}: {result.get('machine', 'machine not recorded')}, {result.get('date', '-')}, "
+          f"{result.get('rounds', '?')} x {result.get('steps', '?')}")
   print(table(results))
   if json_path:
     print(f"wrote {json_path}")
