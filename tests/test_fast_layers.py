@@ -53,21 +53,28 @@ def _value_and_grads(fn, x, kernel, dy):
   return (y,) + vjp(dy)
 
 
-@pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_every_pass_form_matches_xla_convolution(case):
+def _assert_matches_reference(case, conv_fn, seed, label=""):
+  """conv_fn(x, kernel, strides, padding, groups): output and both gradients against lax's, in float64."""
   x_shape, k_shape, strides, padding, groups = CONV_CASES[case]
   with jax.enable_x64(True):
-    keys = jax.random.split(jax.random.key(0), 3)
+    keys = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(keys[0], x_shape, jnp.float64)
     kernel = jax.random.normal(keys[1], k_shape, jnp.float64)
     y = _reference(x, kernel, strides, padding, groups)
     dy = jax.random.normal(keys[2], y.shape, jnp.float64)
     expected = _value_and_grads(lambda a, b: _reference(a, b, strides, padding, groups), x, kernel, dy)
-    for impls in PASS_FORMS:
-      got = _value_and_grads(lambda a, b: fast_conv.conv(a, b, strides, padding, groups, impls), x, kernel, dy)
-      for name, g, e in zip(("output", "input grad", "kernel grad"), got, expected):
-        chex.assert_shape(g, e.shape)
-        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{case} {impls} {name}")
+    got = _value_and_grads(lambda a, b: conv_fn(a, b, strides, padding, groups), x, kernel, dy)
+    for name, g, e in zip(("output", "input grad", "kernel grad"), got, expected):
+      chex.assert_shape(g, e.shape)
+      np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{case} {label} {name}")
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_every_pass_form_matches_xla_convolution(case):
+  for impls in PASS_FORMS:
+    _assert_matches_reference(
+        case, lambda x, k, strides, padding, groups: fast_conv.conv(x, k, strides, padding, groups, impls), 0,
+        str(impls))
 
 
 def test_forms_keep_bfloat16_and_accumulate_kernel_grad_in_float32():
@@ -88,19 +95,9 @@ SUMMED_PAIR_CASES = ["grouped", "grouped_squeeze", "grouped_strided"]
 @pytest.mark.parametrize("case", SUMMED_PAIR_CASES)
 def test_grouped_conv_as_summed_depthwise_pairs_matches_xla_convolution(case):
   # Checked directly, not only through conv(impls=None): that route takes it on CPU alone.
-  x_shape, k_shape, strides, padding, groups = CONV_CASES[case]
+  _, k_shape, _, _, groups = CONV_CASES[case]
   assert k_shape[-2] > 1 and fast_conv.sums_input_pairs(k_shape, groups)
-  with jax.enable_x64(True):
-    keys = jax.random.split(jax.random.key(1), 3)
-    x = jax.random.normal(keys[0], x_shape, jnp.float64)
-    kernel = jax.random.normal(keys[1], k_shape, jnp.float64)
-    y = _reference(x, kernel, strides, padding, groups)
-    dy = jax.random.normal(keys[2], y.shape, jnp.float64)
-    expected = _value_and_grads(lambda a, b: _reference(a, b, strides, padding, groups), x, kernel, dy)
-    got = _value_and_grads(lambda a, b: fast_conv.summed_pairs_conv(a, b, strides, padding, groups), x, kernel, dy)
-    for name, g, e in zip(("output", "input grad", "kernel grad"), got, expected):
-      chex.assert_shape(g, e.shape)
-      np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{case} {name}")
+  _assert_matches_reference(case, fast_conv.summed_pairs_conv, 1)
 
 
 def test_summed_pairs_keep_bfloat16():

@@ -66,10 +66,13 @@ class _Layers:
   dtype: Dtype
   param_dtype: Dtype
 
+  def fast_layers(self) -> bool:
+    """conv_impl "auto": convolutions and matmuls in the forms XLA:CPU runs fastest (`vqax.models.conv`,
+    `vqax.models.dense`; plain on GPU/TPU), the same parameters and sums; "xla": the plain layers."""
+    return fast_conv.pass_impls(getattr(self, "conv_impl", "auto")) is None
+
   def conv(self, features, kernel_size, *, groups=1, use_bias=True, strides=None, padding=None, name=None):
-    # conv_impl "auto": each pass in the form XLA:CPU runs fastest (`vqax.models.conv`; XLA's own on
-    # GPU/TPU), the same parameters and sums; "xla": lax.conv_general_dilated for every pass.
-    fast = fast_conv.pass_impls(getattr(self, "conv_impl", "auto")) is None
+    fast = self.fast_layers()
     return nn.Conv(features, tuple(kernel_size), strides=strides,
                    padding=_same(kernel_size) if padding is None else padding, feature_group_count=groups,
                    use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -78,7 +81,7 @@ class _Layers:
 
   def dense(self, features, name=None):
     """A Linear, or a 1x1 convolution in channels-last layout (a 2-D matmul on XLA:CPU with conv_impl auto)."""
-    fast = fast_conv.pass_impls(getattr(self, "conv_impl", "auto")) is None
+    fast = self.fast_layers()
     return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=TORCH_KERNEL_INIT,
                     name=name, dot_general=dense_dot_general if fast else None)
 
@@ -140,7 +143,7 @@ class ResBasicBlock(nn.Module, _Layers):
       y = FwSE(self.num_freq, se_channels, dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
     # The residual stream as a buffer on CPU (conv_impl auto): the next block's depthwise convolution
     # would otherwise recompute it, and the blocks before it, at each of its nine taps (b0 step 1.08x).
-    return materialized(nn.relu(y + x), enabled=self.conv_impl == "auto")
+    return materialized(nn.relu(y + x), enabled=self.fast_layers())
 
 
 class ConvNeXtLikeBlock(nn.Module, _Layers):
