@@ -27,10 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqax.models.dense import materialized
+
 CONV_IMPLS = ("auto", "xla")
 PASS_IMPLS = ("xla", "gemm", "elementwise")
 # Below this many input x output channels per group a matmul is a sliver: multiply-adds instead.
-_ELEMENTWISE_MAX_CHANNELS = 8
+_ELEMENTWISE_MAX_CHANNELS = 16
+# Up to this many channel pairs per group, a grouped convolution that sums several inputs runs as
+# `summed_pairs_conv` (its 0/1 matmul grows with the pairs: 7.6 GFLOP for ReDimNet-b2's 192-channel 4x4 groups).
+_PAIR_SUM_MAX_CHANNELS = 8
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -109,7 +114,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, group
 def conv_passes(x, kernel, strides, padding, groups: int = 1, impls=None):
   """`conv` with each pass (forward, input gradient, kernel gradient) in one of the PASS_IMPLS forms."""
   fwd_impl = (impls or choose_impls(x.shape, kernel.shape, strides, groups))[0]
-  return _FORWARD[fwd_impl](x, kernel, strides, padding, groups)
+  y = _FORWARD[fwd_impl](x, kernel, strides, padding, groups)
+  return materialized(y, enabled=fwd_impl == "elementwise" and _mixes_channels(kernel.shape, groups))
 
 
 def _conv_fwd(x, kernel, strides, padding, groups, impls):
@@ -119,12 +125,24 @@ def _conv_fwd(x, kernel, strides, padding, groups, impls):
 def _conv_bwd(strides, padding, groups, impls, residuals, dy):
   x, kernel = residuals
   _, dx_impl, dw_impl = impls or choose_impls(x.shape, kernel.shape, strides, groups)
+  dy = materialized(dy, enabled="elementwise" in (dx_impl, dw_impl) and _mixes_channels(kernel.shape, groups))
   dx = _INPUT_GRAD[dx_impl](dy, x, kernel, strides, padding, groups)
   dw = _KERNEL_GRAD[dw_impl](dy, x, kernel, strides, padding, groups)
   return dx.astype(x.dtype), dw.astype(kernel.dtype)
 
 
 conv_passes.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _mixes_channels(kernel_shape, groups: int) -> bool:
+  """Whether each output sums several input channels or each input feeds several outputs (not depthwise).
+
+  Computed as multiply-adds, such a convolution (ReDimNet-b2's 4 -> 4 groups: 36 per output) is a cheap
+  elementwise producer to XLA:CPU, which recomputes it inside its consumers: the batch norm after it, and
+  in the backward pass the nine-tap input and kernel gradients recomputing the batch norm's backward
+  (b2's step 17 -> 25 s). Its output and output gradient are therefore `materialized` on CPU.
+  """
+  return kernel_shape[-2] > 1 or kernel_shape[-1] > groups
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,11 +199,10 @@ def gemm_conv(x, kernel, strides, padding, groups):
 def _pair_kernel(kernel, groups):
   """[*window, a, G*b] grouped kernel -> [taps, G*a*b]: one weight per (group, input, output) channel pair.
 
-  The gradients of a grouped convolution with a inputs and b outputs per group are those of a depthwise
-  convolution over these G*a*b pairs, whose input is x repeated over b (`_pairs_from_input`) and whose
-  output gradient is dy repeated over a (`_pairs_from_output`). Depthwise, every loop is contiguous in
-  channels: ReDimNet's 60 -> 20 squeeze (a = 3) input gradient takes 30 ms this way and 160 ms per
-  (input, output) channel with a strided stack.
+  A grouped convolution with a inputs and b outputs per group is a depthwise convolution over these G*a*b
+  pairs, whose input is x repeated over b (`_pairs_from_input`), summed over each output's a pairs; its
+  kernel gradient contracts that input with dy repeated over a (`_pairs_from_output`). Depthwise, every
+  loop is contiguous in channels.
   """
   cin_group, cout = kernel.shape[-2], kernel.shape[-1]
   k = kernel.reshape(-1, cin_group, groups, cout // groups)
@@ -208,17 +225,6 @@ def _pairs_from_output(y, groups, cin_group, cout_group):
   lead = y.shape[:-1]
   y = jnp.broadcast_to(y.reshape(lead + (groups, 1, cout_group)), lead + (groups, cin_group, cout_group))
   return y.reshape(lead + (-1,))
-
-
-def _sum_over_outputs(z, groups, cin_group, cout_group):
-  """[..., G*a*b] pair values -> [..., G*a], summed over each input channel's b outputs."""
-  if cout_group == 1:
-    return z
-  lead = z.shape[:-1]
-  z = z.reshape(lead + (groups, cin_group, cout_group))
-  # Added slice by slice: an elementwise loop that fuses with the taps, where a reduce over a short minor
-  # axis does not.
-  return sum(z[..., o] for o in range(cout_group)).reshape(lead + (-1,))
 
 
 def elementwise_conv(x, kernel, strides, padding, groups):
@@ -251,7 +257,7 @@ def sums_input_pairs(kernel_shape, groups: int) -> bool:
   channel pairs per group (ReDimNet's channel squeeze)."""
   cin_group, cout_group = kernel_shape[-2], kernel_shape[-1] // groups
   return (jax.default_backend() == "cpu" and groups > 1 and cin_group > 1 and
-          cin_group * cout_group <= _ELEMENTWISE_MAX_CHANNELS)
+          cin_group * cout_group <= _PAIR_SUM_MAX_CHANNELS)
 
 
 def summed_pairs_conv(x, kernel, strides, padding, groups):
@@ -308,18 +314,35 @@ def gemm_input_grad(dy, x, kernel, strides, padding, groups):
 
 
 def elementwise_input_grad(dy, x, kernel, strides, padding, groups):
-  """dx[m] = sum_t dy[m + low - t] W_t per channel pair (shifted multiply-adds, one loop), summed per input."""
+  """dx as the forward multiply-adds over dy: dx[m] = sum_t dy[m + low - t] W_t^T is a convolution of dy
+  with the kernel flipped in space and its per-group inputs and outputs swapped (`transposed_kernel`).
+
+  Depthwise (one pair per group), as per-tap products of dy shifted into place. ReDimNet-b2's 4 -> 4
+  groups over [32, 6, 134, 192] maps: 52 ms as a convolution of dy, 630 ms over the 16 channel pairs.
+  """
   if any(s != 1 for s in strides):
     return xla_input_grad(dy, x, kernel, strides, padding, groups)
   nd = x.ndim - 2
   window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
-  cout_group = cout // groups
+  if cin_group > 1 or cout > groups:
+    # Output position n reads input n + t - low; dy is padded so that input m reads dy at m + low - t.
+    pads = tuple((k - 1 - lo, n_in + lo - n_out) for k, (lo, _), n_in, n_out in
+                 zip(window, padding, x.shape[1:-1], dy.shape[1:-1]))
+    return elementwise_conv(dy, transposed_kernel(kernel, groups), (1,) * nd, pads, groups)
   taps = _taps(window)
-  weights = _pair_kernel(kernel, groups)
-  dy_pairs = _pairs_from_output(dy, groups, cin_group, cout_group)
-  parts = [dy_pairs * weights[t] for t in range(len(taps))]
-  dx = shift_sum(parts, [tuple(o - lo for o, (lo, _) in zip(t, padding)) for t in taps], x.shape[1:-1])
-  return _sum_over_outputs(dx, groups, cin_group, cout_group)
+  weights = kernel.reshape(len(taps), cout)
+  parts = [dy * weights[t] for t in range(len(taps))]
+  return shift_sum(parts, [tuple(o - lo for o, (lo, _) in zip(t, padding)) for t in taps], x.shape[1:-1])
+
+
+def transposed_kernel(kernel, groups):
+  """[*window, a, G*b] -> [*window reversed, b, G*a]: the kernel whose convolution of dy is the input
+  gradient (each group's a inputs and b outputs swapped, taps mirrored)."""
+  nd = kernel.ndim - 2
+  cin_group, cout = kernel.shape[-2], kernel.shape[-1]
+  k = kernel.reshape(kernel.shape[:nd] + (cin_group, groups, cout // groups))
+  k = jnp.transpose(k, tuple(range(nd)) + (nd + 2, nd + 1, nd))  # [*window, b, G, a]
+  return jnp.flip(k.reshape(kernel.shape[:nd] + (cout // groups, groups * cin_group)), axis=tuple(range(nd)))
 
 
 _INPUT_GRAD = {"xla": xla_input_grad, "gemm": gemm_input_grad, "elementwise": elementwise_input_grad}

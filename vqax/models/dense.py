@@ -12,6 +12,8 @@ step). Flattening is a free reshape of row-major arrays; the products, sums and 
 Both act on XLA:CPU only, where they were measured; on GPU/TPU the layers stay plain (a TPU tiles the two
 minor axes, where merging T into the rows can cost a relayout).
 """
+import math
+
 import jax
 
 
@@ -35,8 +37,14 @@ def materialized(x: jax.Array, enabled: bool = True) -> jax.Array:
   residual stream relu(bn(...) + x) is such a producer, and each depthwise convolution that reads it at nine
   shifted positions, forward and in its kernel gradient, recomputes the chain of earlier blocks nine times.
   A matmul's result is a buffer; an identity matmul adds exact zeros only, and its gradient (dy @ I) is
-  computed once too. Elsewhere x is returned unchanged.
+  computed once too. The identity is block-diagonal over channel blocks of up to 32 (a [32, 6, 134, 192]
+  map: 2.5 ms in 32-blocks, 11 ms as one 192 x 192 matmul). Elsewhere x is returned unchanged.
   """
   if not enabled or jax.default_backend() != "cpu":
     return x
-  return jax.lax.dot_general(x, jax.numpy.eye(x.shape[-1], dtype=x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+  channels = x.shape[-1]
+  block = math.gcd(channels, 32)
+  block = channels if block < 8 else block
+  blocks = x.reshape(x.shape[:-1] + (channels // block, block))
+  eye = jax.numpy.eye(block, dtype=x.dtype)
+  return jax.lax.dot_general(blocks, eye, (((x.ndim,), (0,)), ((), ()))).reshape(x.shape)
