@@ -309,3 +309,16 @@ def test_weighted_sum_is_the_softmax_weighted_sum_of_its_inputs(num_inputs, chan
   # The module takes its softmax in float32 whatever the dtype (as the official float32 weights do).
   weights = np.asarray(jax.nn.softmax(jnp.asarray(w, jnp.float32), axis=0), np.float64)
   np.testing.assert_allclose(np.asarray(out), sum(weights[i] * inputs[i] for i in range(num_inputs)), rtol=1e-12)
+
+
+def test_exact_gelu_is_flax_exact_gelu():
+  """ReDimNet's GELU (through erf, as PyTorch's nn.GELU()) is flax's erfc form to rounding, not tanh's."""
+  import flax.linen as nn
+  from vqax.models.redimnet import exact_gelu
+  with jax.enable_x64(True):
+    x = jnp.linspace(-8.0, 8.0, 4001, dtype=jnp.float64)
+    np.testing.assert_allclose(exact_gelu(x), nn.gelu(x, approximate=False), rtol=1e-13, atol=1e-15)
+    assert float(jnp.max(jnp.abs(exact_gelu(x) - nn.gelu(x, approximate=True)))) > 1e-4
+  x32 = x.astype(jnp.float32)
+  chex.assert_type(exact_gelu(x32), jnp.float32)
+  np.testing.assert_allclose(exact_gelu(x32), nn.gelu(x32, approximate=False), rtol=1e-6, atol=1e-6)

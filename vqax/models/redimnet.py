@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vqax.audio.melbanks import MelBanks
 from vqax.errors import ConfigError
@@ -54,6 +55,15 @@ def to2d(x: jax.Array, f: int, c: int) -> jax.Array:
 def conv_groups(channels: int, group_divisor: int | None) -> int:
   """The official blocks' groups = channels // Gdiv, and a dense conv when Gdiv is None."""
   return 1 if group_divisor is None else channels // group_divisor
+
+
+def exact_gelu(x):
+  """GELU x * Phi(x) as PyTorch's nn.GELU() computes it, x/2 * (1 + erf(x / sqrt 2)).
+
+  flax's nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates about 3x slower (a
+  [32, 6, 134, 192] map: 15.8 against 4.9 ms); the values agree to float32 rounding.
+  """
+  return 0.5 * x * (1 + jax.lax.erf(x * np.asarray(1 / np.sqrt(2), x.dtype)))
 
 
 def _same(kernel_size: Sequence[int]):
@@ -163,7 +173,7 @@ class ConvNeXtLikeBlock(nn.Module, _Layers):
         self.conv(self.channels, k, groups=groups, name=f"dwconvs_{i}")(x)
         for i, k in enumerate(self.kernel_sizes)], axis=-1)
     y = self.batch_norm(train, name="norm")(y)
-    y = nn.relu(y) if self.activation == "relu" else nn.gelu(y, approximate=False)
+    y = nn.relu(y) if self.activation == "relu" else exact_gelu(y)
     return x + self.dense(self.channels, name="pwconv1")(y)
 
 
@@ -181,7 +191,7 @@ class ChannelSqueeze(nn.Module, _Layers):
     groups = conv_groups(self.channels, self.group_divisor)
     x = self.conv(self.channels, (3, 3), groups=groups, name="conv")(x)
     x = self.batch_norm(train, eps=1e-6, name="norm")(x)
-    x = nn.relu(x) if self.activation == "relu" else nn.gelu(x, approximate=False)
+    x = nn.relu(x) if self.activation == "relu" else exact_gelu(x)
     return self.dense(self.channels, name="pwconv")(x)
 
 
@@ -285,7 +295,7 @@ class TimeContextBlock1d(nn.Module, _Layers):
     x = self.layer_norm(name="red_dim_norm")(x)
     if self.block_type == "fc":
       x = self.layer_norm(name="tcm_1")(self.dense(2 * h, name="tcm_0")(x))
-      x = self.dense(h, name="tcm_3")(nn.gelu(x, approximate=False))
+      x = self.dense(h, name="tcm_3")(exact_gelu(x))
     else:
       if self.block_type == "conv+att":
         layers = [ConvNeXtLikeBlock(h, ((k,),), 1, **kw, conv_impl=self.conv_impl, name=f"tcm_{i}")
