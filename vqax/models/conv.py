@@ -140,7 +140,8 @@ def _mixes_channels(kernel_shape, groups: int) -> bool:
   Computed as multiply-adds, such a convolution (ReDimNet-b2's 4 -> 4 groups: 36 per output) is a cheap
   elementwise producer to XLA:CPU, which recomputes it inside its consumers: the batch norm after it, and
   in the backward pass the nine-tap input and kernel gradients recomputing the batch norm's backward
-  (b2's step 17 -> 25 s). Its output and output gradient are therefore `materialized` on CPU.
+  (b2's step took 25 s that way, 6.5 s materialized). Its output and output gradient are therefore
+  `materialized` on CPU.
   """
   return kernel_shape[-2] > 1 or kernel_shape[-1] > groups
 
@@ -219,10 +220,10 @@ def _pairs_from_input(x, groups, cin_group, cout_group):
 def elementwise_conv(x, kernel, strides, padding, groups):
   """Sum over taps and per-group input channels of shifted input times kernel: one fused loop.
 
-  Per input channel rather than per channel pair (as the gradients are): ReDimNet's 60 -> 20 squeeze
-  forward takes 17 ms this way and 26 ms over the 60 pairs summed in threes, alone. Inside a step XLA
-  recomputes it in its consumers, so by default `conv` sends such several-input groups through
-  `summed_pairs_conv` and this form runs depthwise (one input per group) convolutions.
+  Per input channel rather than per channel pair: ReDimNet's 60 -> 20 squeeze forward takes 17 ms this
+  way and 26 ms over the 60 pairs summed in threes, alone. Inside a step XLA recomputes it in its
+  consumers: `conv_passes` materializes its output when it mixes channels, and `conv` sends groups with
+  few channel pairs through `summed_pairs_conv`.
   """
   nd = x.ndim - 2
   window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
@@ -312,8 +313,8 @@ def elementwise_input_grad(dy, x, kernel, strides, padding, groups):
   if any(s != 1 for s in strides):
     return xla_input_grad(dy, x, kernel, strides, padding, groups)
   nd = x.ndim - 2
-  window, cin_group, cout = kernel.shape[:nd], kernel.shape[-2], kernel.shape[-1]
-  if cin_group > 1 or cout > groups:
+  window, cout = kernel.shape[:nd], kernel.shape[-1]
+  if _mixes_channels(kernel.shape, groups):
     # Output position n reads input n + t - low; dy is padded so that input m reads dy at m + low - t.
     pads = tuple((k - 1 - lo, n_in + lo - n_out) for k, (lo, _), n_in, n_out in
                  zip(window, padding, x.shape[1:-1], dy.shape[1:-1]))
