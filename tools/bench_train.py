@@ -21,7 +21,12 @@ processes of this one (so each one's peak RSS is its own), started from one set 
                    allocator and the other compares each framework as it runs by default.
 Before timing, the first step's loss of every runner must agree (same weights, same batch); then the
 runners take turns, `--rounds` times `--steps` steps each after warm-up, so that machine noise falls on all
-of them alike. Reported: median step time, steps/s, samples/s (patches, or seconds of audio), the speed
+of them alike. Each turn starts with `--rewarm` untimed steps (recorded as rewarm_s_all): while the other
+runners work, a runner sits idle for seconds, and on this project's virtual machines the kernel reports the
+memory a process freed to the hypervisor within about two seconds (free page reporting, virtio_balloon);
+the first step after such a pause faults all its buffers in afresh through the host. A vqax VQ-VAE step
+frees and reallocates its 1.25 GiB temporary buffer every step: after 2 s idle it took 2.4 s, after 5 s
+3.9 s (4.3 s of it in the kernel), against 1.2 s back to back, as a training loop runs. Reported: median step time, steps/s, samples/s (patches, or seconds of audio), the speed
 ratio to torch eager (the median over rounds of the ratio within each round: the machine's speed drifts
 between rounds), and peak memory: the compiled peak (argument + output + temp - alias) for vqax and the
 process's peak RSS for every runner.
@@ -226,17 +231,19 @@ def worker(runner: str, task_name: str, config, workdir: str, conn) -> None:
       if command is None:
         conn.send({"peak_rss": _rss_bytes()})
         return
+      rewarm, steps = command
       times = []
-      for _ in range(command):
+      for _ in range(rewarm + steps):
         start = time.perf_counter()
         run()  # float(loss) waits for the step
         times.append(time.perf_counter() - start)
-      conn.send({"times": times})
+      conn.send({"rewarm_times": times[:rewarm], "times": times[rewarm:]})
   except Exception as e:  # reported in the table, e.g. torch.compile failing on this machine
     conn.send({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
 
 
-def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: int, setup_timeout: float) -> dict:
+def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: int, setup_timeout: float,
+               rewarm: int = 1) -> dict:
   task_name, overrides, samples, unit = CASES[name]
   with tempfile.TemporaryDirectory(prefix="vqax-bench-") as tmp:
     config = bench_config(task_name, overrides)
@@ -261,7 +268,7 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       if "error" in report:
         process.join()
         continue
-      parent.send(warmup)
+      parent.send((0, warmup))
       parent.recv()
       workers[r] = (process, parent)
       print(f"  {name} {r}: ready in {report['setup_s']:.1f} s, first loss {report['first_loss']:.6g}",
@@ -272,14 +279,17 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       if reference is not None and abs(losses[r] - reference) > 1e-3 * max(1.0, abs(reference)):
         rows[r]["error"] = f"first loss {losses[r]:.6g} differs from {reference:.6g}: not the same computation"
     times = {r: [] for r in workers}
+    rewarm_times = {r: [] for r in workers}
     round_medians = {r: [] for r in workers}
     for i in range(rounds):
       order = list(workers)[i % len(workers):] + list(workers)[:i % len(workers)]
       for r in order:
         try:
-          workers[r][1].send(steps)
-          round_times = workers[r][1].recv()["times"]
+          workers[r][1].send((rewarm, steps))
+          reply = workers[r][1].recv()
+          round_times = reply["times"]
           times[r] += round_times
+          rewarm_times[r] += reply["rewarm_times"]
           round_medians[r].append(statistics.median(round_times))
         except (EOFError, OSError):  # the worker died, e.g. killed for memory: report it, keep the others
           rows[r]["error"] = f"worker died in round {i + 1} (exit code {workers[r][0].exitcode})"
@@ -290,7 +300,7 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       process.join()
       median = statistics.median(times[r])
       rows[r].update(step_s=median, steps_per_s=1 / median, samples_per_s=samples / median,
-                     step_s_all=times[r], step_s_rounds=round_medians[r])
+                     step_s_all=times[r], step_s_rounds=round_medians[r], rewarm_s_all=rewarm_times[r])
   for row in rows.values():  # against torch eager as it runs by default, and under the row's own allocator
     for key, baseline in (("vs_torch_eager", "torch eager"),
                           ("vs_torch_eager_same_allocator", "torch eager" + allocator(row["runner"]))):
@@ -351,6 +361,8 @@ def main(argv=None) -> int:
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per runner per round")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
+  parser.add_argument("--rewarm", type=int, default=1,
+                      help="untimed steps at the start of each runner's turn in every round (see the docstring)")
   parser.add_argument("--no_compile", action="store_true", help="leave out torch.compile")
   parser.add_argument("--setup_timeout", type=float, default=1200, help="seconds allowed for one runner's setup")
   parser.add_argument("--runners", default=None,
@@ -379,18 +391,20 @@ def main(argv=None) -> int:
     results = [r for r in json.loads(json_path.read_text())["results"] if r["case"] not in cases]
   for case in cases:
     print(f"{case}:", flush=True)
-    result = bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout)
+    result = bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout, args.rewarm)
     # Per case: with --append a file holds cases measured on different days, or machines.
-    result.update(machine=machine(), date=time.strftime("%Y-%m-%d"), rounds=args.rounds, steps=args.steps)
+    result.update(machine=machine(), date=time.strftime("%Y-%m-%d"), rounds=args.rounds, steps=args.steps,
+                  rewarm=args.rewarm)
     results.append(result)
     results.sort(key=lambda r: list(CASES).index(r["case"]))
     if json_path:  # after every case: a later case failing loses nothing
       json_path.write_text(json.dumps({"machine": machine(), "rounds": args.rounds, "steps": args.steps,
                                        "results": results}, indent=1))
-  print("Median of rounds x steps alternating timed steps per runner; measured on:")
+  print("Median of rounds x steps alternating timed steps per runner (after the untimed re-warm steps that "
+        "start each turn); measured on:")
   for result in results:
     print(f"  {result['case']}: {result.get('machine', 'machine not recorded')}, {result.get('date', '-')}, "
-          f"{result.get('rounds', '?')} x {result.get('steps', '?')}")
+          f"{result.get('rounds', '?')} x {result.get('steps', '?')}, re-warm {result.get('rewarm', 0)}")
   print(table(results))
   if json_path:
     print(f"wrote {json_path}")
