@@ -9,10 +9,15 @@ warm-up, `--steps` steps run under `jax.profiler.trace`; every XLA op's time in 
 attributed through the optimized HLO's metadata to the model scope it came from ("fwd" or "bwd", then
 stage/block/layer to `--depth` levels) and listed by op name too. A fusion named after one layer
 that costs many times its neighbours is where XLA:CPU recomputes a producer inside a consumer.
+Each op's dots and convolutions are counted in FLOPs from the HLO, and its GFLOP/s printed beside
+its time. XLA:CPU runs some dots and convolutions on Eigen's thread pool, and the trace then holds
+only their launch: those show more GFLOP/s than the machine has (`--max_gflops`) and are listed
+apart as "not timed", with the compute they imply, since the op sums leave it out.
 Tracing slows the step; compare the figures with each other, not with bench_train's.
 """
 import argparse
 import collections
+import functools
 import glob
 import gzip
 import json
@@ -38,6 +43,67 @@ def op_scopes(hlo_text: str) -> dict[str, str]:
   return scopes
 
 
+_SHAPE = r"[a-z]+\d*\[([\d,]*)\]"
+_INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (?:" + _SHAPE + r"|\([^=]*?\))\S* (\w[\w-]*)\((.*)$")
+
+
+def _dims(text: str) -> list[int]:
+  return [int(d) for d in text.split(",") if d]
+
+
+def _prod(values) -> int:
+  out = 1
+  for v in values:
+    out *= v
+  return out
+
+
+def _instruction_flops(out_dims, opcode: str, operands: list[list[int]], rest: str) -> int:
+  """Nominal multiply-add FLOPs (2 per MAC) of one dot or convolution, from its HLO line."""
+  if opcode == "dot" and operands:
+    lhs_contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+    contracted = _prod(operands[0][i] for i in _dims(lhs_contracting.group(1))) if lhs_contracting else 1
+    return 2 * _prod(out_dims) * contracted
+  if opcode == "convolution" and len(operands) >= 2:
+    labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
+    kernel = operands[1]
+    o_axis = labels.group(1).index("o") if labels else len(kernel) - 1
+    return 2 * _prod(out_dims) * _prod(d for i, d in enumerate(kernel) if i != o_axis)
+  return 0
+
+
+def op_flops(hlo_text: str) -> dict[str, int]:
+  """Instruction name -> nominal FLOPs of the dots and convolutions it runs, fusions included.
+
+  Why: XLA:CPU hands some dots and convolutions to Eigen's thread pool, and the trace then shows
+  only their launch; an op whose traced time implies more FLOP/s than the machine has is one of
+  those, and its real cost is missing from the op sum.
+  """
+  instructions, computation = [], None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.-]+) .*\{\s*$", line)
+    if header:
+      computation = header.group(1)
+    elif m := _INSTR.match(line):
+      instructions.append((computation, m.group(1), _dims(m.group(2) or ""), m.group(3), m.group(4)))
+  shapes = {name: out_dims for _, name, out_dims, _, _ in instructions}
+  own, callees, members = {}, {}, collections.defaultdict(list)
+  for computation, name, out_dims, opcode, rest in instructions:
+    operand_list = rest.split(")")[0]
+    # Operands are printed as "%name" or, in some dumps, as "f32[...] %name".
+    inline = [_dims(m.group(1)) for m in re.finditer(_SHAPE, operand_list)]
+    operands = inline or [shapes.get(n, []) for n in re.findall(r"%([\w.-]+)", operand_list)]
+    own[name] = _instruction_flops(out_dims, opcode, operands, rest)
+    callees[name] = re.findall(r"(?:calls|to_apply)=%?([\w.-]+)", rest)
+    members[computation].append(name)
+
+  @functools.cache
+  def total(name: str) -> int:
+    return own[name] + sum(total(i) for c in callees[name] for i in members.get(c, []))
+
+  return {name: total(name) for name in own}
+
+
 def scope_key(op_name: str, depth: int) -> str:
   direction = "bwd" if "transpose(" in op_name else "fwd"
   parts = [p for p in op_name.split("/") if p and not _NOISE.match(p)]
@@ -56,6 +122,13 @@ def summarize(trace_events, scopes, steps: int, depth: int):
   return by_scope, by_op, calls
 
 
+def untimed_ops(by_op, step_flops, max_gflops: float) -> set[str]:
+  """Ops whose traced time (ms per step) is too short for their FLOPs per step: only their launch
+  was traced."""
+  return {name for name, ms in by_op.items()
+          if step_flops.get(name) and (ms <= 0 or step_flops[name] / 1e9 / ms * 1e3 > max_gflops)}
+
+
 def main(argv=None) -> int:
   import bench_train
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +136,9 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=2, help="traced steps")
   parser.add_argument("--depth", type=int, default=3, help="model scope levels to group by")
   parser.add_argument("--top", type=int, default=25)
+  parser.add_argument("--max_gflops", type=float, default=1000.0,
+                      help="GFLOP/s above which an op's traced time is taken to be its launch only "
+                           "(two CPU cores reach a few hundred)")
   parser.add_argument("--hlo_dump", default=None, help="folder for the optimized HLO (default: a temporary one)")
   args = parser.parse_args(argv)
 
@@ -88,14 +164,32 @@ def main(argv=None) -> int:
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   hlo = sorted(dump.glob("*train_step.cpu_after_optimizations.txt")) or sorted(
       dump.glob("*train_step*after_optimizations.txt"))
-  scopes = op_scopes(hlo[-1].read_text())
+  hlo_text = hlo[-1].read_text()
+  scopes, flops = op_scopes(hlo_text), op_flops(hlo_text)
   by_scope, by_op, calls = summarize(events, scopes, args.steps, args.depth)
+  step_flops = {name: flops.get(name, 0) * calls[name] / args.steps for name in by_op}
+  untimed = untimed_ops(by_op, step_flops, args.max_gflops)
+  rate = lambda name: step_flops[name] / 1e9 / by_op[name] * 1e3  # GFLOP/s
   print(f"\nXLA ops, {sum(by_op.values()):.0f} ms per traced step; by model scope:")
   for key, ms in by_scope.most_common(args.top):
     print(f"{ms:9.1f} ms  {key}")
-  print("\nby op (calls per step, model scope):")
+  print("\nby op (calls per step, GFLOP per step and GFLOP/s of its dots and convolutions, model scope):")
   for name, ms in by_op.most_common(args.top):
-    print(f"{ms:9.1f} ms  {calls[name] // args.steps:5d}  {name:32s} {scope_key(scopes[name], 6)}")
+    speed = f"{rate(name):7.0f}" if step_flops[name] and ms > 0 else "      -"
+    print(f"{ms:9.1f} ms  {calls[name] // args.steps:5d}  {step_flops[name] / 1e9:7.2f} {speed}  "
+          f"{name:32s} {scope_key(scopes[name], 6)}")
+  if untimed:
+    timed = [n for n, ms in by_op.items() if step_flops[n] and n not in untimed]
+    typical = sum(step_flops[n] for n in timed) / 1e9 / sum(by_op[n] for n in timed) * 1e3 if timed else None
+    gflop = sum(step_flops[n] for n in untimed) / 1e9
+    print(f"\nnot timed: {len(untimed)} ops with {gflop:.1f} GFLOP per step show more than "
+          f"{args.max_gflops:.0f} GFLOP/s. XLA:CPU ran their work on Eigen's thread pool, outside the "
+          f"trace, so it is missing from the sums above" +
+          (f"; at the timed dots' and convolutions' {typical:.0f} GFLOP/s it is about "
+           f"{gflop / typical * 1e3:.0f} ms of compute, overlapping the timed ops on the same cores."
+           if typical else "."))
+    for name in sorted(untimed, key=lambda n: -step_flops[n])[:args.top]:
+      print(f"  {step_flops[name] / 1e9:7.2f} GFLOP  {name:32s} {scope_key(scopes[name], 6)}")
   print(f"\noptimized HLO: {hlo[-1]}")
   return 0
 
