@@ -13,6 +13,7 @@ Each op's dots and convolutions are counted in FLOPs from the HLO, and its GFLOP
 its time. XLA:CPU runs some dots and convolutions on Eigen's thread pool, and the trace then holds
 only their launch: those show more GFLOP/s than the machine has (`--max_gflops`) and are listed
 apart as "not timed", with the compute they imply, since the op sums leave it out.
+The step runs with huge pages, as `vqax` runs it (VQAX_HUGE_PAGES=0 profiles glibc's default).
 Tracing slows the step; compare the figures with each other, not with bench_train's.
 """
 import argparse
@@ -195,4 +196,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  # Profile the step under the allocator the `vqax` executable runs with: without huge pages every
+  # fresh buffer is faulted in 4 KiB at a time, and copies and slices look about 3x slower than they are.
+  from vqax.memory import host_allocator
+  host_allocator.restart_with_huge_pages()
   sys.exit(main())
