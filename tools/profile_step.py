@@ -22,6 +22,7 @@ import functools
 import glob
 import gzip
 import json
+import math
 import os
 import pathlib
 import re
@@ -52,24 +53,17 @@ def _dims(text: str) -> list[int]:
   return [int(d) for d in text.split(",") if d]
 
 
-def _prod(values) -> int:
-  out = 1
-  for v in values:
-    out *= v
-  return out
-
-
 def _instruction_flops(out_dims, opcode: str, operands: list[list[int]], rest: str) -> int:
   """Nominal multiply-add FLOPs (2 per MAC) of one dot or convolution, from its HLO line."""
   if opcode == "dot" and operands:
     lhs_contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
-    contracted = _prod(operands[0][i] for i in _dims(lhs_contracting.group(1))) if lhs_contracting else 1
-    return 2 * _prod(out_dims) * contracted
+    contracted = math.prod(operands[0][i] for i in _dims(lhs_contracting.group(1))) if lhs_contracting else 1
+    return 2 * math.prod(out_dims) * contracted
   if opcode == "convolution" and len(operands) >= 2:
     labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
     kernel = operands[1]
     o_axis = labels.group(1).index("o") if labels else len(kernel) - 1
-    return 2 * _prod(out_dims) * _prod(d for i, d in enumerate(kernel) if i != o_axis)
+    return 2 * math.prod(out_dims) * math.prod(d for i, d in enumerate(kernel) if i != o_axis)
   return 0
 
 
