@@ -12,6 +12,9 @@ processes of this one (so each one's peak RSS is its own), started from one set 
                    lhs-dilated conv, XLA's gradients): what the reformulated layers buy;
   torch eager      `tools/torch_models.py`: the same architecture, loss, AdamW and clipping;
   torch.compile    the same model through torch.compile (inductor), after its compile;
+  ... bf16         bfloat16 compute, float32 weights and optimizer: vqax's compute_dtype="bfloat16", PyTorch's
+                   autocast to bfloat16 (quantizer, mel front-end and losses in float32 in both); compared with
+                   torch eager bf16, not with float32. Not in the default runners;
   ... +huge pages  again with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, what the `vqax` executable sets for
                    itself (`vqax.memory.host_allocator`): glibc maps and unmaps every large buffer each step
                    and both frameworks page-fault it in again, 4 KiB at a time without it, 2 MiB with it;
@@ -61,6 +64,9 @@ CASES = {
 }
 KEPT = " +kept memory"
 HUGE = " +huge pages"
+BF16 = " bf16"
+# A bfloat16 step's first loss differs from float32's by its rounding, not by more.
+BF16_LOSS_RTOL = 2e-2
 # "vqax plain" (about 20x slower than vqax) is left out of the default: its steps would fill most of every round.
 DEFAULT_RUNNERS = ("vqax", "vqax" + HUGE, "torch eager", "torch.compile", "torch eager" + HUGE, "vqax" + KEPT,
                    "torch eager" + KEPT)
@@ -155,7 +161,7 @@ class VqaxRunner:
 
 
 class TorchRunner:
-  def __init__(self, task_name, config, workdir, compiled: bool):
+  def __init__(self, task_name, config, workdir, compiled: bool, bf16: bool = False):
     import torch
     import torch_models
     self.torch = torch
@@ -165,7 +171,7 @@ class TorchRunner:
                                  int(config.model.num_embeddings))
       model.load_state_dict(torch.load(workdir / "torch.pt", weights_only=True))
       forward = torch.compile(model) if compiled else None
-      self.step = torch_models.VQVAEStep(model, config, forward)
+      self.step = torch_models.VQVAEStep(model, config, forward, bf16)
       batch = make_batch(task_name, config)["patches"]
       self.args = (torch.from_numpy(batch.reshape((-1,) + batch.shape[2:]).transpose(0, 3, 1, 2).copy()),)
     else:
@@ -175,7 +181,7 @@ class TorchRunner:
       model.load_state_dict(torch.load(workdir / "torch.pt", weights_only=True))
       model.train()
       forward = torch.compile(model) if compiled else None
-      self.step = torch_models.SpeakerStep(model, config, forward)
+      self.step = torch_models.SpeakerStep(model, config, forward, bf16)
       batch = make_batch(task_name, config)
       self.args = (torch.from_numpy(batch["wave"]), torch.from_numpy(batch["label"].astype("int64")))
     self.compile_s = None
@@ -183,6 +189,16 @@ class TorchRunner:
 
   def __call__(self) -> float:
     return float(self.step(*self.args))
+
+
+def is_bf16(runner: str) -> bool:
+  return BF16 + " " in runner + " "
+
+
+def framework(runner: str) -> str:
+  """'vqax', 'vqax plain', 'torch eager' or 'torch.compile': the runner without precision or allocator."""
+  name = runner[:len(runner) - len(allocator(runner))]
+  return name[:-len(BF16)] if name.endswith(BF16) else name
 
 
 def _rss_bytes() -> int:
@@ -221,7 +237,8 @@ def worker(runner: str, task_name: str, config, workdir: str, conn) -> None:
     if runner.startswith("vqax"):
       run = VqaxRunner(task_name, config)
     else:
-      run = TorchRunner(task_name, config, workdir, compiled=runner.startswith("torch.compile"))
+      run = TorchRunner(task_name, config, workdir, compiled=runner.startswith("torch.compile"),
+                        bf16=is_bf16(runner))
     first_loss = run()  # includes torch.compile's compile
     setup_s = time.perf_counter() - start
     conn.send({"first_loss": first_loss, "setup_s": setup_s, "compile_s": run.compile_s,
@@ -249,11 +266,12 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
     config = bench_config(task_name, overrides)
     prepare_weights(task_name, config, pathlib.Path(tmp))
     if task_name != "vqvae":
-      runners = [r for r in runners if r != "vqax plain"]
+      runners = [r for r in runners if framework(r) != "vqax plain"]
     ctx = mp.get_context("spawn")
     workers, rows = {}, {r: {"runner": r} for r in runners}
     for r in runners:
-      run_config = bench_config(task_name, {**overrides, **(PLAIN_LAYERS if r == "vqax plain" else {})})
+      run_config = bench_config(task_name, {**overrides, **(PLAIN_LAYERS if framework(r) == "vqax plain" else {}),
+                                            **({"compute_dtype": "bfloat16"} if is_bf16(r) else {})})
       if task_name != "vqvae":
         run_config.init_from = config.init_from  # the converted PyTorch initialisation
       parent, child = ctx.Pipe()
@@ -276,7 +294,10 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
     losses = {r: rows[r]["first_loss"] for r in workers}
     for r in list(workers):  # every runner starts from the same weights and batch: same first loss
       reference = losses.get("torch eager", losses.get("vqax"))
-      if reference is not None and abs(losses[r] - reference) > 1e-3 * max(1.0, abs(reference)):
+      if reference is None:  # bfloat16 runners only: against each other
+        reference = losses.get("torch eager" + BF16, losses.get("vqax" + BF16))
+      rtol = BF16_LOSS_RTOL if is_bf16(r) else 1e-3
+      if reference is not None and abs(losses[r] - reference) > rtol * max(1.0, abs(reference)):
         rows[r]["error"] = f"first loss {losses[r]:.6g} differs from {reference:.6g}: not the same computation"
     times = {r: [] for r in workers}
     rewarm_times = {r: [] for r in workers}
@@ -302,8 +323,9 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       rows[r].update(step_s=median, steps_per_s=1 / median, samples_per_s=samples / median,
                      step_s_all=times[r], step_s_rounds=round_medians[r], rewarm_s_all=rewarm_times[r])
   for row in rows.values():  # against torch eager as it runs by default, and under the row's own allocator
-    for key, baseline in (("vs_torch_eager", "torch eager"),
-                          ("vs_torch_eager_same_allocator", "torch eager" + allocator(row["runner"]))):
+    precision = BF16 if is_bf16(row["runner"]) else ""  # bfloat16 rows against torch eager in bfloat16
+    for key, baseline in (("vs_torch_eager", "torch eager" + precision),
+                          ("vs_torch_eager_same_allocator", "torch eager" + precision + allocator(row["runner"]))):
       ratio = paired_speedup(row.get("step_s_rounds"), rows.get(baseline, {}).get("step_s_rounds"))
       if ratio is not None:
         row[key] = ratio
@@ -366,8 +388,9 @@ def main(argv=None) -> int:
   parser.add_argument("--no_compile", action="store_true", help="leave out torch.compile")
   parser.add_argument("--setup_timeout", type=float, default=1200, help="seconds allowed for one runner's setup")
   parser.add_argument("--runners", default=None,
-                      help=f"comma-separated runners (default: {', '.join(DEFAULT_RUNNERS)}); any framework with "
-                           f"'{HUGE.strip()}' or '{KEPT.strip()}' after it")
+                      help=f"comma-separated runners (default: {', '.join(DEFAULT_RUNNERS)}); any of vqax, vqax plain, "
+                           f"torch eager, torch.compile, then optionally '{BF16.strip()}', then optionally "
+                           f"'{HUGE.strip()}' or '{KEPT.strip()}'")
   parser.add_argument("--json", default=str(REPO / "docs" / "bench_train.json"))
   parser.add_argument("--append", action="store_true", help="keep the other cases already in --json")
   args = parser.parse_args(argv)
@@ -375,13 +398,14 @@ def main(argv=None) -> int:
   unknown = [c for c in cases if c not in CASES]
   if unknown:
     parser.error(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(CASES)}")
-  known = [base + suffix for base in ("vqax", "torch eager", "torch.compile") for suffix in ("", HUGE, KEPT)]
-  known.insert(1, "vqax plain")
+  known = [base + precision + suffix for base in ("vqax", "vqax plain", "torch eager", "torch.compile")
+           for precision in ("", BF16) for suffix in ("", HUGE, KEPT)]
   runners = list(DEFAULT_RUNNERS)
   if args.runners:
     wanted = args.runners.split(",")
-    if any(r not in known for r in wanted):
-      parser.error(f"--runners: expected some of {', '.join(known)}")
+    bad = [r for r in wanted if r not in known]
+    if bad:
+      parser.error(f"--runners: unknown {', '.join(bad)}; expected some of {', '.join(known)}")
     runners = [r for r in known if r in wanted]
   if args.no_compile:
     runners = [r for r in runners if not r.startswith("torch.compile")]

@@ -44,15 +44,16 @@ class VQVAE(nn.Module):
   def forward(self, x):
     z = self.encoder(x)
     n, d, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-    distances = (flat**2).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + (self.codebook**2).sum(1)[None]
-    codes = distances.argmin(1)
-    quantized = self.codebook[codes]
-    codebook_loss = ((quantized - flat.detach())**2).mean()
-    commitment_loss = ((quantized.detach() - flat)**2).mean()
-    straight_through = flat + (quantized - flat).detach()
+    with torch.autocast(x.device.type, enabled=False):  # the quantizer in float32 under autocast, as vqax's
+      flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)
+      distances = (flat**2).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + (self.codebook**2).sum(1)[None]
+      codes = distances.argmin(1)
+      quantized = self.codebook[codes]
+      codebook_loss = ((quantized - flat.detach())**2).mean()
+      commitment_loss = ((quantized.detach() - flat)**2).mean()
+      straight_through = flat + (quantized - flat).detach()
     recon = self.decoder(straight_through.reshape(n, h, w, d).permute(0, 3, 1, 2))
-    return recon, codes, flat.detach(), codebook_loss, commitment_loss
+    return recon.float(), codes, flat.detach(), codebook_loss, commitment_loss
 
 
 def vqvae_weights_from_flax(model: VQVAE, params) -> None:
@@ -81,8 +82,9 @@ class VQVAEStep:
   """One "full"-phase step of vqax's VQ-VAE task: loss, AdamW with global-norm clipping, code tracking and
   dead-code revival (`vqax.tasks.vqvae`). `forward` may be a torch.compile'd model."""
 
-  def __init__(self, model: VQVAE, config, forward=None):
+  def __init__(self, model: VQVAE, config, forward=None, bf16: bool = False):
     self.model, self.forward = model, model if forward is None else forward
+    self.bf16 = bf16  # autocast to bfloat16 (float32 weights), vqax's compute_dtype="bfloat16"
     self.optimizer = torch.optim.AdamW(model.parameters(), lr=float(config.learning_rate),
                                        weight_decay=float(config.weight_decay))
     self.clip = float(config.grad_clip_norm)
@@ -93,7 +95,8 @@ class VQVAEStep:
     self.usage = torch.zeros(k)
 
   def loss(self, patches):
-    recon, codes, latents, codebook_loss, commitment_loss = self.forward(patches)
+    with torch.autocast(patches.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+      recon, codes, latents, codebook_loss, commitment_loss = self.forward(patches)
     return torch.mean((recon - patches)**2) + codebook_loss + self.beta * commitment_loss, codes, latents
 
   def __call__(self, patches) -> float:
@@ -332,7 +335,7 @@ class MelBanks(nn.Module):
                                                    sample_rate))
 
   def forward(self, x):
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # float32 features, as vqax's
       x = torch.log(self.torchfbank(x.float()) + 1e-6)
       return x - x.mean(dim=-1, keepdim=True)
 
@@ -420,8 +423,9 @@ def speaker_head_weights_from_flax(model: MatryoshkaSpeakerModel, head_params, h
 class SpeakerStep:
   """One "full"-phase step of vqax's ReDimNet-MRL task: nested AAM-softmax, AdamW, global-norm clipping."""
 
-  def __init__(self, model: MatryoshkaSpeakerModel, config, forward=None):
+  def __init__(self, model: MatryoshkaSpeakerModel, config, forward=None, bf16: bool = False):
     self.model, self.forward = model, model if forward is None else forward
+    self.bf16 = bf16  # autocast to bfloat16 (float32 weights); the loss stays float32, as vqax's
     self.optimizer = torch.optim.AdamW(model.parameters(), lr=float(config.learning_rate),
                                        weight_decay=float(config.weight_decay))
     self.clip = float(config.grad_clip_norm)
@@ -429,8 +433,9 @@ class SpeakerStep:
     self.margin, self.scale = float(config.margin), float(config.scale)
 
   def loss(self, wave, labels):
-    return matryoshka_aam_loss(self.forward(wave), self.model.class_weights, labels, self.dims, self.margin,
-                               self.scale)
+    with torch.autocast(wave.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+      z = self.forward(wave)
+    return matryoshka_aam_loss(z.float(), self.model.class_weights, labels, self.dims, self.margin, self.scale)
 
   def __call__(self, wave, labels):
     self.optimizer.zero_grad(set_to_none=True)
