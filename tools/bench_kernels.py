@@ -102,12 +102,12 @@ def main(argv=None) -> int:
     parser.error(f"--conv {args.conv!r}: expected five positive integers N,H,W,Cin,Cout")
   from bench_train import machine
   rows = measure(args.matmul, conv_shape, args.repeats)
-  xla_flags = os.environ.get("XLA_FLAGS", "")
-  print(f"{machine()}; XLA_FLAGS={xla_flags!r}; matmul {args.matmul}^3, conv {conv_shape} (N,H,W,Cin,Cout), "
+  xla_flags, host = os.environ.get("XLA_FLAGS", ""), machine()
+  print(f"{host}; XLA_FLAGS={xla_flags!r}; matmul {args.matmul}^3, conv {conv_shape} (N,H,W,Cin,Cout), "
         f"median of {args.repeats}")
   print(table(rows))
   if args.json:
-    record = {"machine": machine(), "xla_flags": xla_flags, "date": time.strftime("%Y-%m-%d"), "matmul": args.matmul,
+    record = {"machine": host, "xla_flags": xla_flags, "date": time.strftime("%Y-%m-%d"), "matmul": args.matmul,
               "conv": conv_shape, "repeats": args.repeats, "rows": rows}
     pathlib.Path(args.json).write_text(json.dumps(record, indent=1))
     print(f"wrote {args.json}")
