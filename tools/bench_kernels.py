@@ -7,9 +7,13 @@ Why: `tools/bench_train.py` says how fast a step is; this says what the host's k
 not run faster than its matmuls, and when PyTorch's matmul (oneDNN / MKL) is faster than XLA:CPU's on a
 host, or runs bfloat16 on the CPU's matrix units (Intel AMX) while XLA:CPU does not, that bounds every
 ratio in bench_train's table. Measured, per dtype: a square matmul and a 3x3 stride-1 convolution of
-VQ-VAE-decoder-like size (channels-last in both frameworks), forward only, median of `--repeats` calls
-timed in turns across the runners of a dtype; "vqax conv" is `vqax.models.conv.conv` (the form the models
-use, chosen by shape). XLA_FLAGS, if set, is recorded with the figures.
+VQ-VAE-decoder-like size (channels-last in both frameworks), forward only, and the two matmul shapes the
+VQ-VAE's largest layer (the last upsampling, 256 patches) spends its backward pass in: "tall matmul",
+[M, a] @ [a, b] with M ~ 280,000 rows (the input gradient's dy @ [all taps' W^T]), and "kernel-grad
+matmul", [M, a]^T @ [M, b], contracting the rows (a tap's x^T @ dy). Median of `--repeats` calls timed in
+turns across the runners of a dtype; "vqax conv" is `vqax.models.conv.conv` (the form the models use,
+chosen by shape). XLA_FLAGS and GLIBC_TUNABLES (huge pages: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as
+`vqax` runs; see `vqax.memory.host_allocator`), if set, are recorded with the figures.
 Needs the torch extra (`pip install -e '.[torch]'`).
 """
 import argparse
@@ -39,6 +43,13 @@ def interleaved_medians(fns: list, repeats: int) -> list[float]:
   return [statistics.median(t) for t in times]
 
 
+# The VQ-VAE's last upsampling layer at 256 patches: its phase convolution's input gradient reads
+# [256 * 33 * 33, 128] output-gradient rows (TALL), each kernel-gradient tap [256 * 32 * 32, 64] input rows
+# against as many 128-channel gradient rows (KERNEL_GRAD).
+TALL_MATMUL = (256 * 33 * 33, 128, 256)
+KERNEL_GRAD_MATMUL = (256 * 32 * 32, 64, 128)
+
+
 def measure(m: int, conv_shape: tuple, repeats: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
@@ -51,22 +62,33 @@ def measure(m: int, conv_shape: tuple, repeats: int) -> list[dict]:
   rng = np.random.default_rng(0)
   a, b = rng.standard_normal((m, m), np.float32), rng.standard_normal((m, m), np.float32)
   x, k = rng.standard_normal((n, h, w, cin), np.float32), rng.standard_normal((3, 3, cin, cout), np.float32)
+  rows_t, a_t, b_t = TALL_MATMUL
+  tall_l, tall_r = rng.standard_normal((rows_t, a_t), np.float32), rng.standard_normal((a_t, b_t), np.float32)
+  rows_g, a_g, b_g = KERNEL_GRAD_MATMUL
+  grad_l, grad_r = rng.standard_normal((rows_g, a_g), np.float32), rng.standard_normal((rows_g, b_g), np.float32)
+  tall_flop, grad_flop = 2 * rows_t * a_t * b_t, 2 * rows_g * a_g * b_g
   rows = []
   for name, jdtype, tdtype in (("float32", jnp.float32, torch.float32), ("bfloat16", jnp.bfloat16, torch.bfloat16)):
-    ja, jb, jx, jk = (jnp.asarray(v, jdtype) for v in (a, b, x, k))
+    ja, jb, jx, jk, jtl, jtr, jgl, jgr = (jnp.asarray(v, jdtype) for v in (a, b, x, k, tall_l, tall_r, grad_l, grad_r))
     matmul = jax.jit(jnp.matmul)
+    rows_contracted = jax.jit(lambda l, r: jax.lax.dot_general(l, r, (((0,), (0,)), ((), ()))))
     xla_conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
                                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))
     own_conv = jax.jit(lambda x, k: vqax_conv(x, k, (1, 1), ((1, 1), (1, 1))))
     ta, tb = torch.from_numpy(a).to(tdtype), torch.from_numpy(b).to(tdtype)
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).to(tdtype)  # NCHW view of NHWC memory: channels_last
     tk = torch.from_numpy(k).permute(3, 2, 0, 1).contiguous().to(tdtype)
+    ttl, ttr, tgl, tgr = (torch.from_numpy(v).to(tdtype) for v in (tall_l, tall_r, grad_l, grad_r))
     cases = [
         ("matmul", "XLA", matmul_flop, lambda: matmul(ja, jb).block_until_ready()),
         ("matmul", "torch", matmul_flop, lambda: torch.matmul(ta, tb)),
         ("3x3 conv", "XLA", conv_flop, lambda: xla_conv(jx, jk).block_until_ready()),
         ("3x3 conv", "vqax conv", conv_flop, lambda: own_conv(jx, jk).block_until_ready()),
         ("3x3 conv", "torch", conv_flop, lambda: torch.nn.functional.conv2d(tx, tk, padding=1)),
+        ("tall matmul", "XLA", tall_flop, lambda: matmul(jtl, jtr).block_until_ready()),
+        ("tall matmul", "torch", tall_flop, lambda: torch.matmul(ttl, ttr)),
+        ("kernel-grad matmul", "XLA", grad_flop, lambda: rows_contracted(jgl, jgr).block_until_ready()),
+        ("kernel-grad matmul", "torch", grad_flop, lambda: torch.matmul(tgl.T, tgr)),
     ]
     with torch.no_grad():
       medians = interleaved_medians([fn for *_, fn in cases], repeats)
@@ -102,13 +124,14 @@ def main(argv=None) -> int:
     parser.error(f"--conv {args.conv!r}: expected five positive integers N,H,W,Cin,Cout")
   from bench_train import machine
   rows = measure(args.matmul, conv_shape, args.repeats)
-  xla_flags, host = os.environ.get("XLA_FLAGS", ""), machine()
-  print(f"{host}; XLA_FLAGS={xla_flags!r}; matmul {args.matmul}^3, conv {conv_shape} (N,H,W,Cin,Cout), "
-        f"median of {args.repeats}")
+  xla_flags, tunables, host = os.environ.get("XLA_FLAGS", ""), os.environ.get("GLIBC_TUNABLES", ""), machine()
+  print(f"{host}; XLA_FLAGS={xla_flags!r}; GLIBC_TUNABLES={tunables!r}; matmul {args.matmul}^3, conv {conv_shape} (N,H,W,Cin,Cout), "
+        f"tall matmul {TALL_MATMUL} and kernel-grad matmul {KERNEL_GRAD_MATMUL} (M,a,b), median of {args.repeats}")
   print(table(rows))
   if args.json:
-    record = {"machine": host, "xla_flags": xla_flags, "date": time.strftime("%Y-%m-%d"), "matmul": args.matmul,
-              "conv": conv_shape, "repeats": args.repeats, "rows": rows}
+    record = {"machine": host, "xla_flags": xla_flags, "glibc_tunables": tunables, "date": time.strftime("%Y-%m-%d"), "matmul": args.matmul,
+              "conv": conv_shape, "tall_matmul": TALL_MATMUL,
+              "kernel_grad_matmul": KERNEL_GRAD_MATMUL, "repeats": args.repeats, "rows": rows}
     pathlib.Path(args.json).write_text(json.dumps(record, indent=1))
     print(f"wrote {args.json}")
   return 0
