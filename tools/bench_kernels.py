@@ -69,7 +69,8 @@ def measure(m: int, conv_shape: tuple, repeats: int) -> list[dict]:
   tall_flop, grad_flop = 2 * rows_t * a_t * b_t, 2 * rows_g * a_g * b_g
   rows = []
   for name, jdtype, tdtype in (("float32", jnp.float32, torch.float32), ("bfloat16", jnp.bfloat16, torch.bfloat16)):
-    ja, jb, jx, jk, jtl, jtr, jgl, jgr = (jnp.asarray(v, jdtype) for v in (a, b, x, k, tall_l, tall_r, grad_l, grad_r))
+    ja, jb, jx, jk, jtl, jtr, jgl, jgr = (jnp.asarray(v, jdtype)
+                                          for v in (a, b, x, k, tall_l, tall_r, grad_l, grad_r))
     matmul = jax.jit(jnp.matmul)
     rows_contracted = jax.jit(lambda l, r: jax.lax.dot_general(l, r, (((0,), (0,)), ((), ()))))
     xla_conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
@@ -125,12 +126,13 @@ def main(argv=None) -> int:
   from bench_train import machine
   rows = measure(args.matmul, conv_shape, args.repeats)
   xla_flags, tunables, host = os.environ.get("XLA_FLAGS", ""), os.environ.get("GLIBC_TUNABLES", ""), machine()
-  print(f"{host}; XLA_FLAGS={xla_flags!r}; GLIBC_TUNABLES={tunables!r}; matmul {args.matmul}^3, conv {conv_shape} (N,H,W,Cin,Cout), "
-        f"tall matmul {TALL_MATMUL} and kernel-grad matmul {KERNEL_GRAD_MATMUL} (M,a,b), median of {args.repeats}")
+  print(f"{host}; XLA_FLAGS={xla_flags!r}; GLIBC_TUNABLES={tunables!r}; matmul {args.matmul}^3, "
+        f"conv {conv_shape} (N,H,W,Cin,Cout), tall matmul {TALL_MATMUL} and kernel-grad matmul "
+        f"{KERNEL_GRAD_MATMUL} (M,a,b), median of {args.repeats}")
   print(table(rows))
   if args.json:
-    record = {"machine": host, "xla_flags": xla_flags, "glibc_tunables": tunables, "date": time.strftime("%Y-%m-%d"), "matmul": args.matmul,
-              "conv": conv_shape, "tall_matmul": TALL_MATMUL,
+    record = {"machine": host, "xla_flags": xla_flags, "glibc_tunables": tunables, "date": time.strftime("%Y-%m-%d"),
+              "matmul": args.matmul, "conv": conv_shape, "tall_matmul": TALL_MATMUL,
               "kernel_grad_matmul": KERNEL_GRAD_MATMUL, "repeats": args.repeats, "rows": rows}
     pathlib.Path(args.json).write_text(json.dumps(record, indent=1))
     print(f"wrote {args.json}")
