@@ -362,7 +362,8 @@ def table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(with_torch: bool = True) -> str:
+  """The host's CPU, core count and framework versions, as the benchmarks record them."""
   cpu = platform.processor() or platform.machine()
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -372,9 +373,11 @@ def machine() -> str:
   except OSError:
     pass
   import jax
+  host = f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()})"
+  if not with_torch:
+    return host
   import torch
-  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+  return f"{host}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def main(argv=None) -> int:
