@@ -16,13 +16,13 @@ forms the model uses), the Winograd form, and the Winograd form's matmuls alone,
 with both gradients, in turns (median of `--repeats`). Each case first checks that both forms agree.
 With `--step_rounds`, it then times bench_train's VQ-VAE step (16 x 16 patches) as the models run it
 against the same step with the up2 layer's two gradients computed by one Winograd vjp (this process
-patches `vqax.models.conv` for that, nothing else), compiled side by side and run in turns.
+patches `vqax.models.conv` for that, nothing else), compiled side by side and run in turns
+(`tools/ab_step.py`).
 Not used by the models: alone its gradients can be faster, but the step was slower (README, Performance).
 """
 import argparse
 import contextlib
 import json
-import statistics
 import os
 import pathlib
 import sys
@@ -42,6 +42,7 @@ WINOGRAD_BT = np.array([[-1, 0, 1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1
 TILE_OUT, TILE_IN = 3, 4
 
 # The VQ-VAE's largest 2x2 convolutions at batch 16 x 16 patches: (x shape, output channels, padding).
+WINOGRAD_STEP = "winograd gradients (up2)"
 CASES = {
     "up2": ((256, 32, 32, 64), 128, ((1, 1), (1, 1))),    # decoder's last upsampling, 64 -> 4 phases x 32
     "up1": ((256, 16, 16, 96), 256, ((1, 1), (1, 1))),    # 96 -> 4 phases x 64
@@ -194,39 +195,10 @@ def winograd_gradients(kernel_channels: tuple[int, int]):
 
 def measure_step(rounds: int, steps: int = 3) -> dict:
   """bench_train's VQ-VAE 16 x 16 step, as the models run it and with up2's gradients by Winograd, in turns."""
-  import jax
-  import jax.numpy as jnp
-  import bench_train
-  from vqax.train import sharding, trainer
-  config = bench_train.bench_config("vqvae", {"batch_size": 16, "n_patches": 16})
-  t, _, state = bench_train.initial_state(config, "vqvae")
-  batch = sharding.global_batch(t.mesh, bench_train.make_batch("vqvae", config))
-  lowered = {"vqax conv": t.compile_train_step(trainer.phase_at(t.phases, 0)).lower(state, batch)}
-  with winograd_gradients(CASES["up2"][0][-1:] + (CASES["up2"][1],)):
-    lowered["winograd gradients (up2)"] = t.compile_train_step(trainer.phase_at(t.phases, 0)).lower(state, batch)
-  compiled = {name: low.compile() for name, low in lowered.items()}
-  states = {name: jax.tree.map(jnp.copy, state) for name in compiled}  # the step donates its state
-  losses, times = {}, {name: [] for name in compiled}
-  for name, step in compiled.items():
-    states[name], metrics = step(states[name], batch)
-    losses[name] = float(metrics["loss"])
-  if abs(losses["winograd gradients (up2)"] - losses["vqax conv"]) > 1e-5 * abs(losses["vqax conv"]):
-    raise AssertionError(f"first losses differ: {losses}")
-  ratios = []
-  for _ in range(rounds):
-    for name, step in compiled.items():
-      states[name], metrics = step(states[name], batch)  # untimed: the first step of a turn faults memory in
-      jax.block_until_ready(metrics)
-      for _ in range(steps):
-        start = time.perf_counter()
-        states[name], metrics = step(states[name], batch)
-        jax.block_until_ready(metrics)
-        times[name].append(time.perf_counter() - start)
-    this_round = {name: statistics.median(v[-steps:]) for name, v in times.items()}
-    ratios.append(this_round["vqax conv"] / this_round["winograd gradients (up2)"])
-  return {"first_loss": losses, "step_s": {name: statistics.median(v) for name, v in times.items()},
-          "step_s_all": times, "speed_vs_vqax_conv_per_round": ratios,
-          "speed_vs_vqax_conv": statistics.median(ratios), "rounds": rounds, "steps": steps}
+  from ab_step import CHOSEN, compare_steps
+  up2_channels = CASES["up2"][0][-1:] + (CASES["up2"][1],)
+  return compare_steps("vqvae_16x16", {CHOSEN: None, WINOGRAD_STEP: lambda: winograd_gradients(up2_channels)},
+                       rounds, steps)
 
 
 def table(rows: list[dict]) -> str:
@@ -265,7 +237,8 @@ def main(argv=None) -> int:
   if step:
     print(f"VQ-VAE 16x16 step, {args.step_rounds} rounds x 3: " +
           ", ".join(f"{name} {1000 * s:.0f} ms" for name, s in step["step_s"].items()) +
-          f"; Winograd's speed vs vqax conv {step['speed_vs_vqax_conv']:.2f}x (median of the per-round ratios)")
+          f"; Winograd's speed vs the chosen forms {step['speed_vs_baseline'][WINOGRAD_STEP]:.2f}x "
+          "(median of the per-round ratios)")
   if args.json:
     record = {"machine": host, "glibc_tunables": tunables, "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "rows": rows, "step": step}
