@@ -110,21 +110,10 @@ def winograd_conv2x2(x, kernel, padding):
   return output_tiles(m, n, tiles_h, tiles_w)[:, :out_h, :out_w]
 
 
-def _interleaved_medians(fns, repeats):
-  for fn in fns:
-    fn()
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for fn, fn_times in zip(fns, times):
-      start = time.perf_counter()
-      fn()
-      fn_times.append(time.perf_counter() - start)
-  return [float(np.median(t)) for t in times]
-
-
 def measure(case: str, repeats: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
+  from bench_kernels import interleaved_medians
   from vqax.models.conv import conv as vqax_conv
   x_shape, cout, padding = CASES[case]
   rng = np.random.default_rng(0)
@@ -153,7 +142,7 @@ def measure(case: str, repeats: int) -> list[dict]:
   labels.append(("winograd", "its 16 matmuls alone", None))
   matmul_gflop = 2 * v.shape[0] * tiles * cin * cout / 1e9
   rows = []
-  for (runner, part, error), seconds in zip(labels, _interleaved_medians(fns, repeats)):
+  for (runner, part, error), seconds in zip(labels, interleaved_medians(fns, repeats)):
     row = {"case": case, "x": x_shape, "cout": cout, "runner": runner, "part": part, "seconds": seconds}
     if error is not None:
       row["max_rel_error"] = error
