@@ -2,7 +2,7 @@
 against the same step with some passes overridden, compiled side by side and run in turns in one process.
 
   python tools/ab_step.py --override 64x128:dx=xla                       # the VQ-VAE's up2 input gradient
-  python tools/ab_step.py --case redimnet_b0 --override 60x60:fwd=xla --rounds 4 --steps 2
+  python tools/ab_step.py --case redimnet_b0 --override 20x60:fwd=gemm --rounds 4 --steps 2
 
 Why: a pass timed alone says little about the step. Inside it, a form competes with everything around
 it for two cores, memory bandwidth and cache, and XLA fuses it with its neighbours: Winograd gradients that
