@@ -6,13 +6,14 @@ against the same step with some passes overridden, compiled side by side and run
 
 Why: a pass timed alone says little about the step. Inside it, a form competes with everything around
 it for two cores, memory bandwidth and cache, and XLA fuses it with its neighbours: Winograd gradients that
-ran 1.18x faster alone made the VQ-VAE step 0.87x as fast (`tools/bench_winograd.py`). Judge a change
+ran 1.2-2.5x faster alone made the VQ-VAE step 0.87-0.88x as fast (`tools/bench_winograd.py`). Judge a change
 to `vqax.models.conv.choose_impls` with this.
 
 An override `CINxCOUT:PASS=FORM` applies to every convolution whose kernel has CIN input channels per
 group and COUT outputs (after the models' reformulations, e.g. the polyphase 2x2 kernel's 4x channels),
 PASS one of fwd, dx, dw and FORM one of `vqax.models.conv.PASS_IMPLS`. Both steps start from the same
-state and batch (bench_train's cases) and must give the same first loss. Each turn starts with one
+state and batch (bench_train's cases) and must give the same first two losses (the second follows one
+update, so it checks the gradients too). Each turn starts with one
 untimed step (see bench_train's `--rewarm`); reported: each variant's median step and the median over
 rounds of the per-round speed ratio to the chosen forms. Run it as `vqax` runs, with huge pages
 (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`).
@@ -60,11 +61,12 @@ def overridden_forms(overrides: list[tuple[tuple[int, int], int, str]], applied:
   choose_impls = conv.choose_impls
 
   def chosen(x_shape, kernel_shape, strides, groups):
-    impls = list(choose_impls(x_shape, kernel_shape, strides, groups))
+    original = choose_impls(x_shape, kernel_shape, strides, groups)
+    impls = list(original)
     for channels, pass_index, form in overrides:
       if tuple(kernel_shape[-2:]) == channels:
         impls[pass_index] = form
-    if applied is not None and tuple(impls) != choose_impls(x_shape, kernel_shape, strides, groups):
+    if applied is not None and tuple(impls) != original:
       applied.append((tuple(kernel_shape), tuple(impls)))
     return tuple(impls)
 
@@ -95,13 +97,16 @@ def compare_steps(case: str, variants: dict, rounds: int, steps: int, after_trac
     after_tracing()
   compiled = {name: low.compile() for name, low in lowered.items()}
   states = {name: jax.tree.map(jnp.copy, state) for name in compiled}  # the step donates its state
-  first_loss = {}
+  # The first loss checks the forward pass; the second, after one update, the gradients too.
+  first_losses = {}
   for name, step in compiled.items():
-    states[name], metrics = step(states[name], batch)
-    first_loss[name] = float(metrics["loss"])
-  reference = next(iter(first_loss.values()))
-  if any(abs(loss - reference) > 1e-5 * abs(reference) for loss in first_loss.values()):
-    raise AssertionError(f"{case}: the variants' first losses differ: {first_loss}")
+    for _ in range(2):
+      states[name], metrics = step(states[name], batch)
+      first_losses.setdefault(name, []).append(float(metrics["loss"]))
+  reference = next(iter(first_losses.values()))
+  if any(abs(a - b) > 1e-5 * abs(b) for losses in first_losses.values() for a, b in zip(losses, reference)):
+    raise AssertionError(f"{case}: the variants' first two losses differ: {first_losses}")
+  first_loss = {name: losses[0] for name, losses in first_losses.items()}
   times = {name: [] for name in compiled}
   per_round = []
   for _ in range(rounds):
@@ -116,7 +121,8 @@ def compare_steps(case: str, variants: dict, rounds: int, steps: int, after_trac
     per_round.append({name: statistics.median(v[-steps:]) for name, v in times.items()})
   base = next(iter(compiled))
   speed = {name: statistics.median(r[base] / r[name] for r in per_round) for name in compiled}
-  return {"case": case, "rounds": rounds, "steps": steps, "first_loss": first_loss, "baseline": base,
+  return {"case": case, "rounds": rounds, "steps": steps, "first_loss": first_loss,
+          "first_two_losses": first_losses, "baseline": base,
           "step_s": {name: statistics.median(v) for name, v in times.items()}, "step_s_all": times,
           "speed_vs_baseline": speed}
 

@@ -12,8 +12,8 @@ matrices, multiplied per transform position (16 batched matmuls contracting the 
 products transformed back (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
 Its gradients come from autodiff: the transposes of the same linear steps, again 16 batched matmuls.
 This times, per VQ-VAE layer at 256 patches (float32): vqax's convolution (`vqax.models.conv.conv`, the
-forms the model uses), the Winograd form, and the Winograd form's matmuls alone, forward and forward
-with both gradients, in turns (median of `--repeats`). Each case first checks that both forms agree.
+forms the model uses), the Winograd form, and the Winograd form's matmuls alone: forward, and both
+gradients without the forward (XLA drops the unused output), in turns (median of `--repeats`). Each case first checks that both forms agree.
 With `--step_rounds`, it then times bench_train's VQ-VAE step (16 x 16 patches) as the models run it
 against the same step with the up2 layer's two gradients computed by one Winograd vjp (this process
 patches `vqax.models.conv` for that, nothing else), compiled side by side and run in turns
@@ -154,39 +154,35 @@ def measure(case: str, repeats: int) -> list[dict]:
 
 @contextlib.contextmanager
 def winograd_gradients(kernel_channels: tuple[int, int]):
-  """While tracing inside this, `vqax.models.conv` computes both gradients of its stride-1 2x2 convolutions
-  with (Cin, Cout) = kernel_channels by one vjp of `winograd_conv2x2` (two would transform dy twice)."""
+  """While tracing inside this, `vqax.models.conv` computes both gradients of its convolutions with
+  (Cin, Cout) = kernel_channels (stride-1 2x2 ones) by one vjp of `winograd_conv2x2` (two would transform
+  dy twice). Which convolutions: `ab_step.overridden_forms`, with "winograd" as their gradient forms."""
   import jax
+  from ab_step import overridden_forms
   from vqax.models import conv
-  choose_impls, conv_bwd = conv.choose_impls, conv._conv_bwd
-
-  def chosen(x_shape, kernel_shape, strides, groups):
-    forward, dx, dw = choose_impls(x_shape, kernel_shape, strides, groups)
-    if (tuple(kernel_shape[:2]) == (2, 2) and tuple(kernel_shape[2:]) == tuple(kernel_channels) and groups == 1
-        and tuple(strides) == (1, 1)):
-      return forward, "winograd", "winograd"
-    return forward, dx, dw
+  conv_bwd = conv._conv_bwd
 
   def backward(strides, padding, groups, impls, residuals, dy):
     x, kernel = residuals
-    if (impls or chosen(x.shape, kernel.shape, strides, groups))[1] == "winograd":
-      return jax.vjp(lambda x_, k_: winograd_conv2x2(x_, k_, padding), x, kernel)[1](dy)
-    return conv_bwd(strides, padding, groups, impls, residuals, dy)
+    if (impls or conv.choose_impls(x.shape, kernel.shape, strides, groups))[1] != "winograd":
+      return conv_bwd(strides, padding, groups, impls, residuals, dy)
+    if tuple(kernel.shape[:2]) != (2, 2) or tuple(strides) != (1, 1) or groups != 1:
+      raise ValueError(f"Winograd F(3x3, 2x2) needs a stride-1 2x2 kernel, got {kernel.shape} stride {strides}")
+    return jax.vjp(lambda x_, k_: winograd_conv2x2(x_, k_, padding), x, kernel)[1](dy)
 
-  conv.choose_impls = chosen
   conv.conv_passes.defvjp(conv._conv_fwd, backward)
   try:
-    yield
+    with overridden_forms([(tuple(kernel_channels), 1, "winograd"), (tuple(kernel_channels), 2, "winograd")]):
+      yield
   finally:
-    conv.choose_impls = choose_impls
     conv.conv_passes.defvjp(conv._conv_fwd, conv_bwd)
 
 
 def measure_step(rounds: int, steps: int = 3) -> dict:
   """bench_train's VQ-VAE 16 x 16 step, as the models run it and with up2's gradients by Winograd, in turns."""
   from ab_step import CHOSEN, compare_steps
-  up2_channels = CASES["up2"][0][-1:] + (CASES["up2"][1],)
-  return compare_steps("vqvae_16x16", {CHOSEN: None, WINOGRAD_STEP: lambda: winograd_gradients(up2_channels)},
+  (*_, up2_inputs), up2_outputs, _ = CASES["up2"]
+  return compare_steps("vqvae_16x16", {CHOSEN: None, WINOGRAD_STEP: lambda: winograd_gradients((up2_inputs, up2_outputs))},
                        rounds, steps)
 
 
