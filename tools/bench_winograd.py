@@ -95,13 +95,19 @@ def output_tiles(m, n, tiles_h, tiles_w):
   return y.reshape(n, TILE_OUT * tiles_h, TILE_OUT * tiles_w, y.shape[-1])
 
 
+def output_tiling(h, w, padding):
+  """(out_h, out_w, tiles_h, tiles_w) of a stride-1 2x2 convolution over an h x w input: the 3x3 output
+  tiles that cover its outputs, the last ones cropped."""
+  out_h, out_w = h + sum(padding[0]) - 1, w + sum(padding[1]) - 1
+  return out_h, out_w, -(-out_h // TILE_OUT), -(-out_w // TILE_OUT)
+
+
 def winograd_conv2x2(x, kernel, padding):
   """Stride-1 2x2 convolution of NHWC x with an HWIO kernel by F(3x3, 2x2): lax.conv_general_dilated's sums."""
   import jax
   import jax.numpy as jnp
   n, h, w, _ = x.shape
-  out_h, out_w = h + sum(padding[0]) - 1, w + sum(padding[1]) - 1
-  tiles_h, tiles_w = -(-out_h // TILE_OUT), -(-out_w // TILE_OUT)
+  out_h, out_w, tiles_h, tiles_w = output_tiling(h, w, padding)
   # Pad the far side so that the last tile is whole; its extra outputs are cropped.
   x = jnp.pad(x, ((0, 0), (padding[0][0], TILE_OUT * tiles_h + 1 - h - padding[0][0]),
                   (padding[1][0], TILE_OUT * tiles_w + 1 - w - padding[1][0]), (0, 0)))
@@ -134,7 +140,8 @@ def measure(case: str, repeats: int) -> list[dict]:
             lambda f=with_grads: jax.block_until_ready(f(x, kernel))]
     labels += [(name, "forward", error), (name, "both gradients", error)]
   n, h, w, cin = x_shape
-  tiles = n * -(-(h + sum(padding[0]) - 1) // TILE_OUT) * -(-(w + sum(padding[1]) - 1) // TILE_OUT)
+  *_, tiles_h, tiles_w = output_tiling(h, w, padding)
+  tiles = n * tiles_h * tiles_w
   v = jnp.asarray(rng.standard_normal((TILE_IN * TILE_IN, tiles, cin), np.float32))
   u = jnp.asarray(rng.standard_normal((TILE_IN * TILE_IN, cin, cout), np.float32))
   batched = jax.jit(lambda v, u: jax.lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,)))))
