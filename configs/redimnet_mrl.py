@@ -3,36 +3,34 @@
 Fine-tune a converted official checkpoint on VoxCeleb2 dev (wav/flac; convert the m4a release first):
   vqax convert redimnet b2.pt --out runs/b2_converted
   vqax train --config configs/redimnet_mrl.py --workdir runs/mrl_b2 --data_root /data/vox2_dev \
-      --config.model_size=b2 --config.init_from=runs/b2_converted
+      --config.model.size=b2 --config.init_from=runs/b2_converted
   vqax eval-sv --workdir runs/mrl_b2 --trials /data/vox1/veri_test2.txt --data_root /data/vox1/wav
 Variants: `:demo` (a few minutes on a CPU, synthetic speakers: `vqax synth speakers --out data/synth_speakers`)
 and `:smoke` (seconds, for tests). Any field can be overridden with --config.<field>=<value>.
 """
 import ml_collections
 
+from vqax.train.defaults import trainer_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "redimnet_mrl"
-  c.seed = 0
+  c = trainer_config("redimnet_mrl")
 
   # Data: <data_root>/<speaker>/[<video or chapter>/]<utt>.{wav,flac}; labels are the speaker folders.
   c.data_root = "data/voxceleb2_dev"
   c.segment_seconds = 2.0  # random training crop (WeSpeaker's 200 frames); shorter files are repeat-padded
   c.min_seconds = 0.0  # files shorter than this are left out of training (0: keep all)
   c.resample = False  # resample other rates to 16 kHz instead of rejecting the file
-  c.worker_count = 0  # grain worker processes (0: read in the main process's threads)
-  c.skip_bad_files = False
 
   # Model: ReDimNet backbone (b0...b6, optionally with some official model_config keys overridden) and
-  # the Matryoshka head: BatchNorm + Linear 192 -> projection_dim, nested prefixes mrl_dims.
-  c.model_size = "b0"
-  c.model_overrides = ml_collections.ConfigDict()  # e.g. {"F": 40, "stages_setup": ...} for tiny variants
-  c.init_from = ""  # folder written by `vqax convert redimnet` (backbone weights; must match model_size)
-  c.projection_dim = 256
-  c.mrl_dims = (64, 128, 192, 256)
+  # the Matryoshka head: BatchNorm + Linear 192 -> projection_dim.
+  c.model.size = "b0"
+  c.model.overrides = ml_collections.ConfigDict()  # e.g. {"F": 40, "stages_setup": ...} for tiny variants
+  c.model.projection_dim = 256
+  c.model.num_classes = 0  # 0: the number of speaker folders (VoxCeleb2 dev: 5,994)
+  c.init_from = ""  # folder written by `vqax convert redimnet` (backbone weights; must match model.size)
+  c.mrl_dims = (64, 128, 192, 256)  # nested prefixes of the projection trained by the Matryoshka loss
   c.mrl_weights = (1.0, 1.0, 1.0, 1.0)  # c_m in the loss sum c_m * CE_m / sum c_m
-  c.num_classes = 0  # 0: the number of speaker folders (VoxCeleb2 dev: 5,994)
 
   # AAM-softmax; the margin ramps exponentially from 0 between the two epochs (WeSpeaker's schedule;
   # end <= start disables the ramp).
@@ -45,32 +43,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.epochs = 40
   c.freeze_backbone_epochs = 5
 
-  # Optimiser: AdamW, linear warm-up then cosine decay over optimizer updates.
   c.batch_size = 128  # per device
   c.learning_rate = 1e-3
   c.warmup_steps = 2000
   c.weight_decay = 0.01
   c.grad_clip_norm = 5.0
-  c.gradient_accumulation_steps = 1
-
-  # Memory (shared/SPEC.md section 4).
-  c.compute_dtype = "float32"
-  c.remat_policy = "none"
-  c.memory_saver = False
-
-  # Parallelism and robustness.
-  c.device = "auto"
-  c.shard_params = False
-  c.shard_opt_state = False
-  c.coordinator_address = ""
-  c.num_processes = -1
-  c.process_id = -1
-  c.nonfinite = "skip"
-
-  # Logging and checkpoints.
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
-  c.keep_checkpoints = 3
 
   # Verification (vqax eval-sv / embed): whole utterances, padded by repetition up to length buckets that
   # grow by bucket_ratio (one compile per bucket); max_seconds > 0 crops longer files (centre).
@@ -84,7 +63,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant == "demo":
     # A few minutes on a 2-core CPU: a narrow ReDimNet on `vqax synth speakers` data.
     c.data_root = "data/synth_speakers"
-    c.model_overrides = tiny_redimnet(F=48, C=8)
+    c.model.overrides = tiny_redimnet(F=48, C=8)
     c.segment_seconds = 1.5
     c.batch_size = 16
     c.epochs = 12
@@ -100,7 +79,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   elif variant == "smoke":
     # Seconds on CPU: full b0 compiles for minutes there, so a two-stage ReDimNet of the same kind.
     c.data_root = "data/synth_speakers"
-    c.model_overrides = tiny_redimnet(F=40, C=8)
+    c.model.overrides = tiny_redimnet(F=40, C=8)
     c.segment_seconds = 1.0
     c.batch_size = 8
     c.epochs = 6

@@ -9,19 +9,17 @@ Any field can be overridden with --config.<field>=<value>; the seed scripts' fla
 """
 import ml_collections
 
+from vqax.train.defaults import trainer_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "vqvae"
-  c.seed = 0
+  c = trainer_config("vqvae")
 
   # Data: the DCASE layout <data_root>/<machine_type>/{train,test}/ with .wav or precomputed .npy.
   c.data_root = "data/synth_dcase"
   c.machine_type = "all"  # one type, a comma list, or "all" folders under data_root
   c.norm_stats_path = ""  # default: <workdir>/norm_stats.json (computed on the training split)
   c.feature_cache_dir = ""  # optional folder for cached log-mel .npy files
-  c.worker_count = 0  # grain worker processes (0: read in the main process's threads)
-  c.skip_bad_files = False  # log each unreadable clip once and train without it (counted in the summary)
   c.resample = False  # clips at another sample rate: resample to 16 kHz (True) or reject (False)
   c.stereo = "downmix"  # multi-channel clips: "downmix" (average, with a note) or "reject"
 
@@ -31,23 +29,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.stride = 32  # frames between patch starts
 
   # Model (shared/SPEC.md section 1).
-  c.model = ml_collections.ConfigDict()
   c.model.encoder_channels = (32, 64, 96)
   c.model.latent_dim = 64
   c.model.num_embeddings = 128
-  # How the layers run; every choice computes the same function with the same parameters (see README,
-  # Performance): upsample "polyphase" | "subpixel" | "transpose" (the textbook nn.ConvTranspose form),
-  # downsample "space_to_depth" | "strided", conv_impl "auto" (fastest form per pass on XLA:CPU; XLA's own
-  # on GPU/TPU) | "xla".
-  c.model.upsample_impl = "polyphase"
-  c.model.downsample_impl = "space_to_depth"
-  c.model.conv_impl = "auto"
 
   # Staged training, lengths in epochs: phase 1 VQ-only, phase 2 full loss, last phase3 epochs codebook frozen.
   c.epochs = 40
   c.phase1_epochs = 2
   c.phase3_epochs = 5
-  c.phase1_train_encoder = False  # True: phase 1 also trains the encoder (collapses; see vqax/tasks/vqvae.py)
+  c.phase1_train_encoder = False  # True: phase 1 also trains the encoder (collapses; see vqax/tasks/vqvae/task.py)
   c.commitment_cost = 0.25
   c.commitment_warmup_start = 0.05
   c.commitment_warmup_epochs = 5
@@ -56,33 +46,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.dead_code_threshold = 0.03
   c.dead_code_decay = 0.95
 
-  # Optimiser: AdamW, linear warm-up then cosine decay over optimizer updates.
   c.learning_rate = 1e-3
   c.warmup_steps = 50
-  c.weight_decay = 1e-4
-  c.grad_clip_norm = 1.0
-  c.gradient_accumulation_steps = 1
-
-  # Memory (shared/SPEC.md section 4).
-  c.compute_dtype = "float32"  # or "bfloat16" (--use_amp); params and optimizer state stay float32
-  c.remat_policy = "none"  # per-block jax.checkpoint policy (--use_gradient_checkpointing -> "full")
   c.remat_groups = 4  # with remat on, encoder/decoder run over this many groups of patches in turn
-  c.memory_saver = False  # bfloat16 compute + remat (per block and per patch group) in one switch
-
-  # Parallelism and robustness.
-  c.device = "auto"  # auto, cpu, gpu or tpu
-  c.shard_params = False  # ZeRO-3/FSDP-style: shard parameters and optimizer state over the data axis
-  c.shard_opt_state = False  # ZeRO-1-style: shard only the optimizer state (parameters stay replicated)
-  # Multi-host (vqax/train/distributed.py); unset ("" / -1) falls back to VQAX_* / JAX_* environment variables.
-  c.coordinator_address = ""  # host:port of process 0
-  c.num_processes = -1
-  c.process_id = -1
-  c.nonfinite = "skip"  # non-finite loss/gradients: "skip" the update or "halt"
-
-  # Logging and checkpoints.
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200  # also at every epoch end and at the end of training
-  c.keep_checkpoints = 3
 
   # Scoring.
   c.score = ml_collections.ConfigDict()

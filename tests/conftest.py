@@ -68,3 +68,16 @@ def smoke_config(data_root, **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def batch_sizes(config, devices=None):
+  """The trainer's BatchSizes for `config` on every device (or `devices`): what prepare_data takes."""
+  from vqax.train.sharding import make_mesh
+  from vqax.train.task import BatchSizes
+  return BatchSizes.for_mesh(config, make_mesh(devices))
+
+
+def train(config, workdir, **kwargs):
+  """`vqax.run.train`: the config's registered task, as `vqax train` runs it."""
+  from vqax import run
+  return run.train(config, workdir, **kwargs)

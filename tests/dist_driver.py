@@ -23,7 +23,6 @@ would be the sharding's.
 import argparse
 import dataclasses
 import pathlib
-import sys
 import time
 
 import jax
@@ -32,11 +31,10 @@ import numpy as np
 import optax
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import smoke_config  # noqa: E402
-from vqax.tasks.base import Phase  # noqa: E402
-from vqax.train import sharding, trainer  # noqa: E402
+from conftest import smoke_config
+from vqax.train.task import DataInfo, Phase, Program, Task
+from vqax.train import sharding, trainer
 
 STEPS = 3
 GLOBAL_BATCH = 8
@@ -50,12 +48,22 @@ SGD_LEARNING_RATE = {"redimnet_tiny": 1e-2, "redimnet": 1e-3, "redimnet_f64": 1e
 TINY_REDIMNET = dict(F=12, C=4, stages_setup=[[1, 1, 2, [[3, 3]], 4]])
 
 
-class ReDimNetClassifierTask:
+class ReDimNetClassifierTask(Task):
   """ReDimNet-b0 with a softmax head: the smallest task that trains its BatchNorm statistics."""
   name = "redimnet_cls"
 
-  def __init__(self, dtype=jnp.float32, **overrides):
+  def __init__(self, config, dtype=jnp.float32, **overrides):
+    super().__init__(config)
+    self.dtype, self.overrides = dtype, overrides
+
+  def build(self, info, platform):
+    return ReDimNetClassifier(self.config, self.dtype, self.overrides)
+
+
+class ReDimNetClassifier(Program):
+  def __init__(self, config, dtype, overrides):
     from vqax.models.redimnet import redimnet
+    self.config = config
     self.model = redimnet("b0", num_classes=NUM_CLASSES, dtype=dtype, param_dtype=dtype, **overrides)
     self.from_features = dtype != jnp.float32  # skip the float32 front end
 
@@ -79,7 +87,7 @@ class ReDimNetClassifierTask:
     return jax.tree.map(lambda x: x.astype(self.model.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                         dict(variables))
 
-  def phases(self, steps_per_epoch, total_steps):
+  def phases(self, total_steps):
     return [Phase("all", 0, total_steps)]
 
   def loss_fn(self, params, model_state, batch, rng, step, phase):
@@ -94,18 +102,18 @@ def setup(model: str, layout: str):
   config = smoke_config("unused", phase1_epochs=0, batch_size=1, shard_params=layout == "params",
                         shard_opt_state=layout == "opt_state")
   if model == "vqvae":
-    from vqax.tasks.vqvae import VQVAETask
+    from vqax.tasks.vqvae.task import VQVAETask
     return config, VQVAETask(config)
   if model == "redimnet":
-    return config, ReDimNetClassifierTask()
+    return config, ReDimNetClassifierTask(config)
   if model == "redimnet_tiny":
-    return config, ReDimNetClassifierTask(**TINY_REDIMNET)
+    return config, ReDimNetClassifierTask(config, **TINY_REDIMNET)
   if model == "redimnet_f64":
-    return config, ReDimNetClassifierTask(dtype=jnp.float64)
+    return config, ReDimNetClassifierTask(config, dtype=jnp.float64)
   raise ValueError(f"unknown model {model!r}")
 
 
-def batches(task, n: int = STEPS, global_batch: int = GLOBAL_BATCH) -> list[dict]:
+def batches(program, n: int = STEPS, global_batch: int = GLOBAL_BATCH) -> list[dict]:
   """n host batches of random values shaped by the task's batch_spec (labels in [0, NUM_CLASSES))."""
   rng = np.random.default_rng(0)
 
@@ -113,7 +121,7 @@ def batches(task, n: int = STEPS, global_batch: int = GLOBAL_BATCH) -> list[dict
     if jnp.issubdtype(spec.dtype, jnp.integer):
       return rng.integers(0, NUM_CLASSES, spec.shape).astype(spec.dtype)
     return (rng.standard_normal(spec.shape) * 0.1).astype(spec.dtype)
-  return [jax.tree.map(draw, task.batch_spec(global_batch)) for _ in range(n)]
+  return [jax.tree.map(draw, program.batch_spec(global_batch)) for _ in range(n)]
 
 
 def run(spec: str, devices=None, n_steps: int = STEPS, global_batch: int = GLOBAL_BATCH,
@@ -126,18 +134,18 @@ def run(spec: str, devices=None, n_steps: int = STEPS, global_batch: int = GLOBA
   devices = devices if devices is not None else jax.devices()
   config, task = setup(model, layout)
   config.batch_size = global_batch // len(devices)
-  t = trainer.make_trainer(config, task, STEPS_PER_EPOCH, devices=devices)
+  t = trainer.make_trainer(config, task, DataInfo(STEPS_PER_EPOCH), mesh=sharding.make_mesh(devices))
   if model.startswith("redimnet"):
     t = with_optimizer(t, optax.sgd(SGD_LEARNING_RATE[model], momentum=0.9), global_batch)
   if initial is None:
-    state = t.init_state(task.batch_spec(global_batch))
+    state = t.init_state()
   else:
-    abstract = jax.eval_shape(lambda: t.init_state(task.batch_spec(global_batch)))
+    abstract = jax.eval_shape(t.init_state)
     state = jax.device_put(unflatten_like(abstract, initial), t.state_shardings)
   initial = flatten(state)
   step_fn = t.compile_train_step(t.phases[0])
   times = []
-  for batch in batches(task, n_steps, global_batch):
+  for batch in batches(t.program, n_steps, global_batch):
     start = time.perf_counter()
     state, metrics = step_fn(state, sharding.global_batch(t.mesh, batch))
     jax.block_until_ready(state)
@@ -153,7 +161,7 @@ def run(spec: str, devices=None, n_steps: int = STEPS, global_batch: int = GLOBA
 
 def with_optimizer(t: trainer.Trainer, tx, global_batch: int) -> trainer.Trainer:
   """The same Trainer with another optimizer: its state, and so the state's shardings, change too."""
-  abstract = jax.eval_shape(lambda rng: trainer._abstract_state(t.task, tx, rng, t.task.batch_spec(global_batch)),
+  abstract = jax.eval_shape(lambda rng: t.program.init_state(rng, t.program.batch_spec(global_batch), tx),
                             jax.random.PRNGKey(0))
   shardings = sharding.state_shardings(t.mesh, abstract, bool(t.config.shard_params), bool(t.config.shard_opt_state))
   return dataclasses.replace(t, tx=tx, state_shardings=shardings)

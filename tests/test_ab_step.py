@@ -1,12 +1,9 @@
 """tools/ab_step.py: overrides are read as written, change only the convolutions they name, and the
 overridden step trains like the chosen one (same first loss), so its timings compare like with like."""
-import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import ab_step  # noqa: E402
+from tools import ab_step
 
 
 def test_override_is_read_as_written():

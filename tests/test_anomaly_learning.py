@@ -9,9 +9,9 @@ import json
 import pytest
 
 from conftest import smoke_config
+from vqax import run
 from vqax.data.synth_dcase import generate_dcase
-from vqax.eval.anomaly import score_workdir
-from vqax.train import trainer
+from vqax.tasks.vqvae.scoring import score_workdir
 
 EPOCHS, CHANNELS, LATENT, CODES = 100, (8, 16, 16), 16, 32
 
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
                         warmup_steps=10)
   config.model.encoder_channels, config.model.latent_dim, config.model.num_embeddings = CHANNELS, LATENT, CODES
   config.score.stride = 16
-  summary = trainer.train(config, root / "work", progress=False)
+  summary = run.train(config, root / "work", progress=False)
   result = score_workdir(root / "work", method="both", verbose=False)
   return root / "work", summary, result
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, smoke_config
+from conftest import batch_sizes, REPO, smoke_config
 from vqax import cli, config_loading
 from vqax.train import trainer
 
@@ -178,7 +178,7 @@ def speaker_wrong_sample_rate(tmp):
 
 def unknown_model_size(tmp):
   write_wav(tmp / "data" / "id00001" / "00001.wav")
-  return ["--config", SPEAKERS, "--config.model_size=b9"], "model_size='b9': expected one of b0"
+  return ["--config", SPEAKERS, "--config.model.size=b9"], "model.size='b9': expected one of b0"
 
 
 CASES = [
@@ -243,7 +243,7 @@ def test_skip_bad_files_logs_each_once_and_the_summary_counts_them(tmp_path, cap
 def test_speaker_bad_files_are_skipped_and_counted_before_the_loader(tmp_path, caplog):
   from vqax.data import speakers
   from vqax.errors import DataError
-  from vqax.tasks.redimnet_mrl import ReDimNetMRLTask
+  from vqax.tasks.redimnet_mrl.task import ReDimNetMRLTask
   data = speaker_tree(tmp_path / "data")
   not_audio = data / "id00000" / "video1" / "00097.wav"
   not_audio.write_text("not audio")
@@ -254,7 +254,7 @@ def test_speaker_bad_files_are_skipped_and_counted_before_the_loader(tmp_path, c
   config = config_loading.load_config(SPEAKERS)
   config.data_root, config.min_seconds, config.skip_bad_files = str(data), 0.5, True
   with caplog.at_level(logging.WARNING):
-    train_data = ReDimNetMRLTask(config).prepare_data(tmp_path)
+    train_data = ReDimNetMRLTask(config).prepare_data(tmp_path, batch_sizes(config))
   summary = train_data.summary
   assert summary["utterances"] == 8 and summary["short_files"] == 1 and len(summary["bad_files"]) == 3
   for path, expected in ((not_audio, "not a readable audio file"), (slow, "expected sample rate 16000 Hz"),
@@ -262,26 +262,26 @@ def test_speaker_bad_files_are_skipped_and_counted_before_the_loader(tmp_path, c
     assert any(m.startswith(f"{path}: {expected}") for m in summary["bad_files"]), summary["bad_files"]
   skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping bad file")]
   assert len(skipped) == 3 and str(short) not in "".join(skipped)
-  assert train_data.steps_per_epoch == 1  # 8 usable utterances, one batch of 8
+  assert train_data.info.steps_per_epoch == 1  # 8 usable utterances, one batch of 8
   assert next(iter(train_data.loader))["wave"].shape == (8, speakers.SAMPLE_RATE)
 
   # Without skip_bad_files the first bad file (in listing order) stops it, in one line.
   config.skip_bad_files = False
   with pytest.raises(DataError) as info:
-    ReDimNetMRLTask(config).prepare_data(tmp_path)
+    ReDimNetMRLTask(config).prepare_data(tmp_path, batch_sizes(config))
   assert str(info.value).startswith(f"{not_audio}: not a readable audio file") and "\n" not in str(info.value)
 
 
 def test_speaker_folder_without_usable_utterances(tmp_path):
   from vqax.errors import DataError
-  from vqax.tasks.redimnet_mrl import ReDimNetMRLTask
+  from vqax.tasks.redimnet_mrl.task import ReDimNetMRLTask
   (tmp_path / "data" / "id00000").mkdir(parents=True)
   (tmp_path / "data" / "id00000" / "00001.wav").write_text("not audio")
   write_wav(tmp_path / "data" / "id00001" / "00001.wav", rate=22050)
   config = config_loading.load_config(SPEAKERS)
   config.data_root, config.skip_bad_files = str(tmp_path / "data"), True
   with pytest.raises(DataError) as info:
-    ReDimNetMRLTask(config).prepare_data(tmp_path)
+    ReDimNetMRLTask(config).prepare_data(tmp_path, batch_sizes(config))
   assert str(info.value) == (f"data_root {tmp_path / 'data'}: no usable utterances (2 bad files skipped, 0 "
                              f"shorter than min_seconds=0.0)")
 
@@ -289,7 +289,7 @@ def test_speaker_folder_without_usable_utterances(tmp_path):
 # --- speaker verification trials -------------------------------------------------------------------------
 
 def test_trials_file_with_a_malformed_line(tmp_path):
-  verification = pytest.importorskip("vqax.eval.verification", reason="speaker task not landed")
+  verification = pytest.importorskip("vqax.tasks.redimnet_mrl.verification", reason="speaker task not landed")
   from vqax.errors import DataError
   trials = tmp_path / "trials.txt"
   trials.write_text("1 a/1.wav b/1.wav\n1 a/1.wav\n")
@@ -299,7 +299,7 @@ def test_trials_file_with_a_malformed_line(tmp_path):
 
 
 def test_trials_file_naming_a_missing_file(tmp_path, monkeypatch):
-  verification = pytest.importorskip("vqax.eval.verification", reason="speaker task not landed")
+  verification = pytest.importorskip("vqax.tasks.redimnet_mrl.verification", reason="speaker task not landed")
   from vqax.errors import DataError
   write_wav(tmp_path / "data" / "a" / "1.wav")
   trials = tmp_path / "trials.txt"

@@ -3,13 +3,10 @@
 The benchmark itself needs torch (an optional extra) and minutes per case, so only its name handling is
 tested here: a misread name would time one setting and label it as another.
 """
-import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import bench_train  # noqa: E402
+from tools import bench_train
 
 
 @pytest.mark.parametrize("runner, framework, bf16, allocator", [

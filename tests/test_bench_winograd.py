@@ -3,16 +3,13 @@
 The benchmark's figures compare it with vqax's convolution; they mean something only if both compute the
 same thing, for output sizes that are and are not multiples of the 3x3 tile.
 """
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import bench_winograd  # noqa: E402
+from tools import bench_winograd
 
 
 def test_one_dimensional_identity_holds_exactly():

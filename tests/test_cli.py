@@ -1,5 +1,4 @@
 """The command line: one-line errors for user mistakes, and the train -> score path."""
-import json
 import subprocess
 import sys
 

@@ -19,12 +19,12 @@ import pytest
 
 import dist_driver
 from conftest import REPO, smoke_config
+from vqax import run
 from vqax.data import pipeline
 from vqax.errors import ConfigError
-from vqax.train import checkpointing, distributed, trainer
+from vqax.train import checkpointing, distributed
 
-sys.path.insert(0, str(REPO / "tools"))
-import launch_local  # noqa: E402
+from tools import launch_local
 
 ATOL = 1e-5  # the bound on parameters (and BatchNorm statistics); observed: <= 1e-6
 OPT_RTOL = 1e-4  # optimizer moments are sums of gradients of any size: compared relatively
@@ -135,7 +135,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(noise_tree,
   for key, value in _subprocess_env().items():
     monkeypatch.setenv(key, value)
   config = smoke_config(noise_tree)  # batch_size 4 on one device
-  reference = trainer.train(config, tmp_path / "one", max_steps=5, progress=False)
+  reference = run.train(config, tmp_path / "one", max_steps=5, progress=False)
 
   log = io.StringIO()
   status = launch_local.launch(
@@ -151,7 +151,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(noise_tree,
   assert at_3 <= ATOL
 
   # One process, one device, resumes the two-process checkpoint: same state, same next batches.
-  resumed = trainer.train(config, tmp_path / "two", max_steps=5, progress=False)
+  resumed = run.train(config, tmp_path / "two", max_steps=5, progress=False)
   assert [h["step"] for h in resumed["history"]] == [4, 5]
   losses = {h["step"]: h["loss"] for h in reference["history"]}
   for h in resumed["history"]:

@@ -1,6 +1,6 @@
 """The fast layer formulations compute the same function and gradients as the plain layers they replace.
 
-Every form in `vqax.models.conv` (per pass: XLA's convolution, one wide matmul plus shifted adds, or fused
+Every form in `vqax.ops.conv` (per pass: XLA's convolution, one wide matmul plus shifted adds, or fused
 multiply-adds) and the re-expressed stride-2 layers (space-to-depth downsampling, polyphase and sub-pixel
 upsampling) are checked in float64 against lax / flax's own layers with the same weights, forward and
 both gradients, so only summation order separates them.
@@ -14,10 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqax.models import conv as fast_conv
-from vqax.models.dense import dense_dot_general, materialized
-from vqax.models.downsample import Downsample2x, downsample2x
-from vqax.models.upsample import Upsample2x, upsample2x
+from vqax.ops import conv as fast_conv
+from vqax.ops import forms
+from vqax.ops.forms import LAYER_FORMS
+from vqax.ops.dense import dense_dot_general, materialized
+from vqax.models.downsample import Downsample2x
+from vqax.ops.resample import downsample2x
+from vqax.models.upsample import Upsample2x
+from vqax.ops.resample import upsample2x
 from vqax.models.vqvae import VQVAE
 
 # Each form for every pass (forward, input gradient, kernel gradient); None: the forms chosen by shape.
@@ -166,10 +170,11 @@ def test_space_to_depth_downsampling_is_the_strided_nn_conv(hw):
     y = reference(x, kernel)
     dy = jax.random.normal(jax.random.key(2), y.shape, jnp.float64)
     expected = _value_and_grads(reference, x, kernel, dy)
-    for impl, conv_impl in itertools.product(("space_to_depth", "strided"), fast_conv.CONV_IMPLS):
-      got = _value_and_grads(lambda a, k: downsample2x(a, k, impl, conv_impl), x, kernel, dy)
+    for impl, layer_forms in itertools.product(("space_to_depth", "strided", None), LAYER_FORMS):
+      with forms.use(layer_forms):
+        got = _value_and_grads(lambda a, k: downsample2x(a, k, impl), x, kernel, dy)
       for g, e in zip(got, expected):
-        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{impl} {conv_impl}")
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{impl} {layer_forms}")
 
 
 def test_phase_upsampling_is_the_transposed_nn_conv():
@@ -184,10 +189,11 @@ def test_phase_upsampling_is_the_transposed_nn_conv():
     chex.assert_shape(y, (2, 10, 12, 4))
     dy = jax.random.normal(jax.random.key(2), y.shape, jnp.float64)
     expected = _value_and_grads(reference, x, kernel, dy)
-    for impl, conv_impl in itertools.product(("polyphase", "subpixel", "transpose"), fast_conv.CONV_IMPLS):
-      got = _value_and_grads(lambda a, k: upsample2x(a, k, impl, conv_impl), x, kernel, dy)
+    for impl, layer_forms in itertools.product(("polyphase", "subpixel", "transpose", None), LAYER_FORMS):
+      with forms.use(layer_forms):
+        got = _value_and_grads(lambda a, k: upsample2x(a, k, impl), x, kernel, dy)
       for g, e in zip(got, expected):
-        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{impl} {conv_impl}")
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=f"{impl} {layer_forms}")
 
 
 def test_layer_modules_share_parameters_across_forms():
@@ -210,8 +216,8 @@ def test_vqvae_fast_and_plain_forms_give_the_same_loss_and_gradients():
   straight-through latent within rounding of a tie flips, and a gradient jumps (either form is then the
   one closer to the float64 value, by luck). float64 leaves only the rounding of the sums.
   """
-  fast = VQVAE(dtype=jnp.float64)
-  plain = VQVAE(upsample_impl="transpose", downsample_impl="strided", conv_impl="xla", dtype=jnp.float64)
+  fast = VQVAE(dtype=jnp.float64, layer_forms="cpu")
+  plain = VQVAE(dtype=jnp.float64, layer_forms="xla")
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), (2, 64, 64, 1), jnp.float64)
     variables = VQVAE().init(jax.random.key(1), x.astype(jnp.float32))

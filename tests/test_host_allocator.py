@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vqax.memory import host_allocator
+from vqax.ops import host_allocator
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 THP_MODE = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -16,7 +16,7 @@ THP_MODE = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # Runs in a fresh interpreter: the allocator settings only fully apply before JAX starts its threads.
 _PROBE = r"""
 import json, resource, sys
-from vqax.memory import host_allocator
+from vqax.ops import host_allocator
 applied = host_allocator.keep_memory_requested() and host_allocator.keep_freed_host_memory()
 import jax, jax.numpy as jnp
 
@@ -82,7 +82,7 @@ def test_environ_with_huge_pages_keeps_other_tunables_and_a_users_choice():
 _RESTART = r"""
 import os, sys
 print("start", os.environ.get("GLIBC_TUNABLES"), flush=True)
-from vqax.memory import host_allocator
+from vqax.ops import host_allocator
 host_allocator.restart_with_huge_pages()
 print("running", os.environ.get("GLIBC_TUNABLES"))
 """

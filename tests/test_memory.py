@@ -18,11 +18,13 @@ import optax
 import pytest
 
 from conftest import REPO, smoke_config
+from vqax import run
 from vqax import cli, config_loading
-from vqax.memory import oom, planner
-from vqax.memory.policy import memory_settings
-from vqax.tasks.base import Phase
-from vqax.tasks.vqvae import VQVAETask
+from vqax.planning import oom, planner
+from vqax.models.precision import memory_settings
+from vqax import tasks
+from vqax.train.task import DataInfo, Phase, Program
+from vqax.tasks.vqvae.task import VQVAETask
 from vqax.train import monitoring, trainer
 from vqax.train.optimizer import make_optimizer
 from vqax.train.state import TrainState
@@ -40,15 +42,19 @@ def _patches(config, seed=0):
 
 def _init(config, batch):
   # Jitted: an eager init dispatches (and compiles) every initializer op by op, slower than one compile.
-  return jit_o0(VQVAETask(config).init_variables)(jax.random.key(0), batch)
+  return jit_o0(_program(config).init_variables)(jax.random.key(0), batch)
+
+
+def _program(config):
+  return VQVAETask(config).build(DataInfo(10), "cpu")
 
 
 def _loss_and_grads(config, params, batch):
-  task = VQVAETask(config)
+  program = _program(config)
   model_state = {k: v for k, v in _init(config, batch).items() if k != "params"}
 
   def loss(p):
-    value, _ = task.loss_fn(p, model_state, batch, jax.random.key(1), jnp.int32(5), FULL)
+    value, _ = program.loss_fn(p, model_state, batch, jax.random.key(1), jnp.int32(5), FULL)
     return value
   return jit_o0(jax.value_and_grad(loss))(params)
 
@@ -81,15 +87,15 @@ def test_bfloat16_compute_keeps_float32_weights_and_a_close_loss():
   batch = _patches(config)
   params = _init(config, batch)["params"]
   loss32, _ = _loss_and_grads(config, params, batch)
-  bf16 = config_loading.apply_overrides(smoke_config("unused", batch_size=2, n_patches=3), ["--use_amp"])
+  bf16 = tasks.apply_overrides(smoke_config("unused", batch_size=2, n_patches=3), ["--use_amp"])
   loss16, grads16 = _loss_and_grads(bf16, params, batch)
   assert loss16.dtype == jnp.float32
   assert abs(float(loss16) - float(loss32)) <= 2e-2 * abs(float(loss32))
   assert {g.dtype for g in jax.tree.leaves(grads16)} == {jnp.dtype(jnp.float32)}
   # Master weights and optimizer state stay float32 through a bfloat16 train step (shapes only: no compile).
   for flags in (["--use_amp"], ["--memory_saver"]):
-    t = trainer.make_trainer(config_loading.apply_overrides(smoke_config("unused"), flags),
-                             VQVAETask(config_loading.apply_overrides(smoke_config("unused"), flags)), 10)
+    config = tasks.apply_overrides(smoke_config("unused"), flags)
+    t = trainer.make_trainer(config, VQVAETask(config), DataInfo(10))
     state, batch_spec = planner.abstract_inputs(t)
     new_state, _ = jax.eval_shape(t.compile_train_step(t.phases[1]), state, batch_spec)
     floats = [x.dtype for x in jax.tree.leaves((new_state.params, new_state.opt_state))
@@ -97,9 +103,8 @@ def test_bfloat16_compute_keeps_float32_weights_and_a_close_loss():
     assert set(floats) == {jnp.dtype(jnp.float32)}
 
 
-class _LinearTask:
+class _LinearProgram(Program):
   """y = x @ w + b with a mean squared error: accumulation mechanics without a model's compile cost."""
-  name = "linear"
 
   def loss_fn(self, params, model_state, batch, rng, step, phase):
     prediction = batch["x"] @ params["w"] + params["b"]
@@ -119,11 +124,11 @@ def test_accumulation_equals_one_update_on_the_concatenated_batch():
   xs = rng.normal(size=(updates, k * b, 5)).astype(np.float32)
   ys = rng.normal(size=(updates, k * b, 2)).astype(np.float32)
   params = {"w": jnp.asarray(rng.normal(size=(5, 2)), jnp.float32), "b": jnp.zeros((2,), jnp.float32)}
-  task = _LinearTask()
+  program = _LinearProgram()
 
   def run(accumulation, micro_batches):
     tx, schedule = make_optimizer(_optimizer_config(accumulation), total_micro_steps=updates * accumulation)
-    step = jax.jit(functools.partial(train_step, task=task, tx=tx, phase=FULL))
+    step = jax.jit(functools.partial(train_step, program=program, tx=tx, phase=FULL))
     state = TrainState(step=jnp.int32(0), params=params, model_state={}, opt_state=tx.init(params),
                        rng=jax.random.key_data(jax.random.key(0)), nonfinite_steps=jnp.int32(0))
     history = []
@@ -149,7 +154,7 @@ def test_accumulation_equals_one_update_on_the_concatenated_batch():
 
 
 def test_memory_switches_resolve_from_the_seed_flags():
-  resolved = lambda flags: memory_settings(config_loading.apply_overrides(smoke_config("unused"), flags))
+  resolved = lambda flags: memory_settings(tasks.apply_overrides(smoke_config("unused"), flags))
   assert resolved([]) == resolved(["--use_amp=false"])
   assert resolved([]).remat_groups == 1  # groups only act with remat on
   assert resolved(["--use_amp"]).compute_dtype == "bfloat16"
@@ -158,7 +163,7 @@ def test_memory_switches_resolve_from_the_seed_flags():
   assert (saver.compute_dtype, saver.remat_policy, saver.remat_groups) == ("bfloat16", "full", 4)
   # Every variant's flags give that variant, whatever the base config already switched on.
   for base in ([], ["--memory_saver"], ["--use_amp", "--config.remat_policy=dots"]):
-    config = config_loading.apply_overrides(smoke_config("unused"), base)
+    config = tasks.apply_overrides(smoke_config("unused"), base)
     for variant, expected in {"plain": ("float32", False), "bf16": ("bfloat16", False),
                               "remat": ("float32", True), "bf16+remat": ("bfloat16", True)}.items():
       settings = memory_settings(planner.with_flags(config, planner.variant_flags(config, variant)))
@@ -174,7 +179,7 @@ def test_plan_breaks_the_arguments_down_per_device():
   plans = planner.plan_variants(config, ["plain", "accumulation"])
   plain, accumulation = plans["plain"], plans["accumulation"]
   assert plans["config"].peak == plain.peak  # the same config compiled once, reported twice
-  params = jax.eval_shape(VQVAETask(config).init_variables, jax.random.key(0), _patches(config))["params"]
+  params = jax.eval_shape(_program(config).init_variables, jax.random.key(0), _patches(config))["params"]
   assert plain.params == sum(x.size * 4 for x in jax.tree.leaves(params))
   assert plain.batch == 4 * 2 * 64 * 64 * 4
   assert plain.accumulator == 0 and accumulation.accumulator == plain.params
@@ -191,7 +196,7 @@ def test_memory_saver_lowers_the_compiled_peak_at_the_reference_size():
   config = config_loading.load_config(str(REPO / "configs" / "vqvae_dcase.py"))
   start = time.perf_counter()
   plain = planner.plan(config, "plain")
-  saver = planner.plan(config_loading.apply_overrides(config, ["--memory_saver"]), "memory_saver")
+  saver = planner.plan(tasks.apply_overrides(config, ["--memory_saver"]), "memory_saver")
   elapsed = time.perf_counter() - start
   print(f"reference size: plain {planner.format_bytes(plain.peak)}, memory_saver "
         f"{planner.format_bytes(saver.peak)} ({100 * (1 - saver.peak / plain.peak):.0f}% lower), {elapsed:.1f} s")
@@ -265,7 +270,7 @@ def test_out_of_memory_stops_cleanly_keeps_the_checkpoint_and_names_a_change(noi
   monkeypatch.setattr(trainer.Trainer, "compile_train_step", compile_train_step)
   monkeypatch.setattr(oom, "device_memory_bytes", lambda: 4 * 2**20)
   with pytest.raises(oom.OutOfMemoryError) as raised:
-    trainer.train(config, tmp_path / "run", progress=False)
+    run.train(config, tmp_path / "run", progress=False)
   message, report = str(raised.value), raised.value.report
   assert "\n" not in message and "RESOURCE_EXHAUSTED" in message
   assert str(tmp_path / "run" / "checkpoints" / "3") in message  # the vq_only epoch's checkpoint

@@ -3,15 +3,12 @@
 The count is what tells a traced op that only shows its launch (work on Eigen's thread pool) from one
 that really ran that fast, so it must match the arithmetic of the ops XLA actually emitted.
 """
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import profile_step  # noqa: E402
+from tools import profile_step
 
 
 def _largest_op_flops(fn, *args) -> int:

@@ -268,7 +268,7 @@ def test_spec_augment_masks_only_in_training():
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_fast_convolutions_give_the_plain_gradients(variant):
-  """conv_impl="auto" (grouped and depthwise convs as fused multiply-adds, ...) against XLA's own
+  """layer_forms="cpu" (grouped and depthwise convs as fused multiply-adds, ...) against XLA's own
   convolutions, training mode, float64 (pooling statistics stay float32, and batch norm over a batch of 2 magnifies their rounding:
   ~1e-6, far below what a wrong tap or group would give), same results."""
   config = {**TINY, **VARIANTS[variant]}
@@ -276,8 +276,8 @@ def test_fast_convolutions_give_the_plain_gradients(variant):
     variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), random_variables(config))
     wave = jnp.asarray(WAVE, jnp.float64)
     results = []
-    for conv_impl in ("auto", "xla"):
-      model = redimnet_from_config(config, conv_impl=conv_impl, dtype=jnp.float64, param_dtype=jnp.float64)
+    for layer_forms in ("cpu", "xla"):
+      model = redimnet_from_config(config, layer_forms=layer_forms, dtype=jnp.float64, param_dtype=jnp.float64)
 
       def loss(params, model=model):
         (embedding, _), updates = model.apply({**variables, "params": params}, wave, train=True,

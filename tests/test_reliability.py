@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, smoke_config, write_noise_tree
+from vqax import run
 from vqax.errors import CheckpointError
-from vqax.tasks.vqvae import VQVAETask
+from vqax.tasks.vqvae.task import VQVAETask
 from vqax.train import trainer
-from vqax.train.checkpointing import CHECKSUMS_FILE, Checkpointer, abstract_like
+from vqax.train.task import DataInfo
+from vqax.train.checkpointing import CHECKSUMS_FILE, Checkpointer
 from vqax.train.metrics_log import MetricsLog, read_metrics
 
 # 8 clips of one machine, batch 4: 2 steps an epoch, 12 steps in 6 epochs. One phase, so every run traces
@@ -43,7 +45,7 @@ def data_root(tmp_path_factory):
 def reference(data_root, tmp_path_factory):
   """An uninterrupted run: its workdir (checkpoints at every save kept) and summary."""
   workdir = tmp_path_factory.mktemp("reference")
-  summary = trainer.train(smoke_config(data_root, **RUN), workdir, progress=False)
+  summary = run.train(smoke_config(data_root, **RUN), workdir, progress=False)
   assert summary["final_step"] == 12
   return workdir, summary
 
@@ -214,7 +216,7 @@ def test_training_resumes_past_a_corrupt_checkpoint(data_root, reference, tmp_pa
   """The resumed run restores step 10, moves the bad step 12 aside and writes it again: same curve."""
   workdir = shutil.copytree(reference[0], tmp_path / "work")
   _flip_byte(_largest(workdir / "checkpoints" / "12"))
-  summary = trainer.train(smoke_config(data_root, **RUN), workdir, progress=False)
+  summary = run.train(smoke_config(data_root, **RUN), workdir, progress=False)
   assert summary["final_step"] == 12 and [h["step"] for h in summary["history"]] == [11, 12]
   assert (workdir / "checkpoints_unreadable" / "12").is_dir()
   assert f"moved unreadable checkpoint {workdir / 'checkpoints' / '12'}" in caplog.text
@@ -243,9 +245,8 @@ def test_checkpoint_of_another_model_config_is_refused(reference, data_root):
   config = smoke_config(data_root, **RUN)
   config.model.encoder_channels = (8, 16, 24)
   task = VQVAETask(config)
-  t = trainer.make_trainer(config, task, steps_per_epoch=2)
-  abstract = abstract_like(jax.eval_shape(lambda: t.init_state(task.batch_spec(config.batch_size))),
-                           t.state_shardings)
+  t = trainer.make_trainer(config, task, DataInfo(2))
+  abstract = t.abstract_state()
   with pytest.raises(CheckpointError, match="written by a different model config") as info:
     _restore_into(reference[0], abstract)
   assert "\n" not in str(info.value)
@@ -257,8 +258,8 @@ class _NaNBatchAt(VQVAETask):
   """The VQ-VAE fed one NaN batch (a stand-in for a diverging step); the compiled step is unchanged."""
   nan_batch = 2  # the 3rd batch of a fresh run: step 3
 
-  def prepare_data(self, workdir):
-    data = super().prepare_data(workdir)
+  def prepare_data(self, workdir, batch):
+    data = super().prepare_data(workdir, batch)
     data.loader = _PoisonedLoader(data.loader, self.nan_batch)
     return data
 
@@ -295,7 +296,7 @@ def test_nonfinite_halt_names_the_step_and_keeps_the_last_good_checkpoint(data_r
   """Item 4, halt: stops at the NaN step (3) before logging or saving it; step 2 stays the newest."""
   config = smoke_config(data_root, **{**RUN, "checkpoint_every_steps": 1}, nonfinite="halt")
   with pytest.raises(trainer.NonFiniteError, match=r"at step 3 .*last good checkpoint \(step 2 in "):
-    trainer.train(config, tmp_path, task=_NaNBatchAt(config), max_steps=5, progress=False)
+    run.train(config, tmp_path, task=_NaNBatchAt(config), max_steps=5, progress=False)
   assert _committed_steps(tmp_path) == [1, 2]
   assert [m["step"] for m in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
   _assert_finite_checkpoints(tmp_path)
@@ -304,7 +305,7 @@ def test_nonfinite_halt_names_the_step_and_keeps_the_last_good_checkpoint(data_r
 def test_nonfinite_skip_counts_and_carries_on(data_root, reference, tmp_path):
   """Item 4, skip: the NaN step's update is dropped and counted; training goes on with finite parameters."""
   config = smoke_config(data_root, **{**RUN, "checkpoint_every_steps": 1}, nonfinite="skip")
-  summary = trainer.train(config, tmp_path, task=_NaNBatchAt(config), max_steps=4, progress=False)
+  summary = run.train(config, tmp_path, task=_NaNBatchAt(config), max_steps=4, progress=False)
   assert summary["final_step"] == 4 and summary["nonfinite_steps"] == 1
   history = {h["step"]: h for h in summary["history"]}
   assert history[3]["nonfinite_in_window"] == 1 and "loss" not in history[3] and np.isfinite(history[4]["loss"])
@@ -323,7 +324,7 @@ def test_nan_parameters_are_never_saved(data_root, reference, tmp_path, monkeypa
   monkeypatch.setattr(trainer, "_run_step", poisoned)
   config = smoke_config(data_root, **{**RUN, "checkpoint_every_steps": 1})
   with pytest.raises(trainer.NonFiniteError, match="parameters are non-finite at step 1; not saved"):
-    trainer.train(config, tmp_path, max_steps=2, progress=False)
+    run.train(config, tmp_path, max_steps=2, progress=False)
   assert _committed_steps(tmp_path) == []
 
 

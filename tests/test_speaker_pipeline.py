@@ -13,15 +13,17 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO, shared_path
+from vqax import run
 from vqax import cli, config_loading
 from vqax.audio.io import read_audio
 from vqax.data import speakers
 from vqax.data.synth_speakers import generate_speakers
 from vqax.errors import CheckpointError, DataError
-from vqax.eval import verification
+from vqax.tasks.redimnet_mrl import verification
 from vqax.models.redimnet_convert import save_converted
-from vqax.tasks.redimnet_mrl import ReDimNetMRLTask, backbone_config
+from vqax.tasks.redimnet_mrl.task import ReDimNetMRLTask, backbone_config
 from vqax.train import trainer
+from vqax.train.task import DataInfo
 from vqax.train.checkpointing import Checkpointer
 
 
@@ -161,9 +163,8 @@ def test_whole_utterances_are_repeat_padded_to_length_buckets():
 def random_backbone(config) -> dict:
   """Backbone variables drawn like ReDimNet's own init (PyTorch-style uniform kernels), in numpy: no
   jitted init to compile."""
-  task = ReDimNetMRLTask(config)
-  task.num_classes = 2
-  shapes = jax.eval_shape(lambda rng: task.init_variables(rng, None), jax.random.key(0))
+  program = ReDimNetMRLTask(config).build(DataInfo(1, num_classes=2), "cpu")
+  shapes = jax.eval_shape(lambda rng: program.init_variables(rng, None), jax.random.key(0))
   rng = np.random.default_rng(1)
 
   def draw(path, leaf):
@@ -179,17 +180,15 @@ def test_init_from_must_match_the_model_size(tmp_path):
   config = smoke_config(tmp_path)
   save_converted(random_backbone(config), backbone_config(config), tmp_path / "converted")
   config.init_from = str(tmp_path / "converted")
-  task = ReDimNetMRLTask(config)
-  task.num_classes = 3
-  from_folder = jax.eval_shape(lambda rng: task.init_variables(rng, None), jax.random.key(0))
+  program = ReDimNetMRLTask(config).build(DataInfo(1, num_classes=3), "cpu")
+  from_folder = jax.eval_shape(lambda rng: program.init_variables(rng, None), jax.random.key(0))
   config.init_from = ""
-  scratch = ReDimNetMRLTask(config)
-  scratch.num_classes = 3
+  scratch = ReDimNetMRLTask(config).build(DataInfo(1, num_classes=3), "cpu")
   from_scratch = jax.eval_shape(lambda rng: scratch.init_variables(rng, None), jax.random.key(0))
   assert jax.tree.structure(from_folder) == jax.tree.structure(from_scratch)
   assert all(jax.tree.leaves(jax.tree.map(lambda a, b: a.shape == b.shape, from_folder, from_scratch)))
   config.init_from = str(tmp_path / "converted")
-  config.model_overrides.C = 12
+  config.model.overrides.C = 12
   with pytest.raises(CheckpointError, match="differs in C"):
     ReDimNetMRLTask(config)
 
@@ -209,13 +208,11 @@ def trained(tmp_path_factory):
   config.init_from = str(root / "converted")
   workdir = root / "workdir"
   # Stop at the end of the frozen stage (1 epoch = 12 steps), look, then resume to the end.
-  frozen = trainer.train(config, workdir, max_steps=12, progress=False)
+  frozen = run.train(config, workdir, max_steps=12, progress=False)
   frozen_state, frozen_step = Checkpointer(workdir / "checkpoints").restore(None)
-  task = ReDimNetMRLTask(config)
-  task.num_classes = 12
-  t = trainer.make_trainer(config, task, steps_per_epoch=12)
-  initial = jax.device_get(t.init_state(task.batch_spec(config.batch_size)))
-  full = trainer.train(config, workdir, progress=False)
+  t = trainer.make_trainer(config, ReDimNetMRLTask(config), DataInfo(12, num_classes=12))
+  initial = jax.device_get(t.init_state())
+  full = run.train(config, workdir, progress=False)
   return {"root": root, "config": config, "workdir": workdir, "backbone": backbone, "initial": initial,
           "frozen_state": frozen_state, "frozen_step": frozen_step, "frozen": frozen, "full": full}
 
@@ -301,8 +298,8 @@ def test_convert_command_writes_an_init_from_folder(tmp_path, capsys):
   assert cli.main(["convert", "redimnet", str(fixture), "--out", str(out)]) == 0
   assert (out / "model_config.json").is_file() and (out / "variables").is_dir()
   config = config_loading.load_config(str(REPO / "configs" / "redimnet_mrl.py"))
-  config.init_from, config.model_size = str(out), "b1"
-  with pytest.raises(CheckpointError, match="model_size=b1 .differs in C, F"):
+  config.init_from, config.model.size = str(out), "b1"
+  with pytest.raises(CheckpointError, match="model.size=b1 .differs in C, F"):
     ReDimNetMRLTask(config)
   assert cli.main(["convert", "redimnet", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
   assert "missing.npz: no such file" in capsys.readouterr().err

@@ -1,11 +1,11 @@
 """The generic trainer on the VQ-VAE task: phases, warm-up, checkpoints and exact resume."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import smoke_config
-from vqax.tasks.vqvae import VQVAETask, commitment_weight
+from conftest import batch_sizes, smoke_config
+from vqax import run
+from vqax.tasks.vqvae.task import VQVAETask, commitment_weight
 from vqax.train import trainer
 from vqax.train.checkpointing import Checkpointer
 
@@ -25,9 +25,9 @@ def _params(workdir):
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(noise_tree, tmp_path):
   config = smoke_config(noise_tree)
-  full = trainer.train(config, tmp_path / "full", progress=False)
-  trainer.train(config, tmp_path / "split", max_steps=5, progress=False)
-  resumed = trainer.train(config, tmp_path / "split", progress=False)
+  full = run.train(config, tmp_path / "full", progress=False)
+  run.train(config, tmp_path / "split", max_steps=5, progress=False)
+  resumed = run.train(config, tmp_path / "split", progress=False)
   assert full["final_step"] == resumed["final_step"] == full["total_steps"]
   losses_full = {h["step"]: h["loss"] for h in full["history"]}
   losses_resumed = {h["step"]: h["loss"] for h in resumed["history"]}
@@ -42,10 +42,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(noise_tree, tmp_path
 def test_phases_freeze_the_right_parameters_and_compile_once(noise_tree, tmp_path):
   config = smoke_config(noise_tree)
   task = VQVAETask(config)
-  data = task.prepare_data(tmp_path)
-  t = trainer.make_trainer(config, task, data.steps_per_epoch)
+  data = task.prepare_data(tmp_path, batch_sizes(config))
+  t = trainer.make_trainer(config, task, data.info)
   assert [p.name for p in t.phases] == ["vq_only", "full", "frozen_codebook"]
-  state = t.init_state(task.batch_spec(config.batch_size))
+  state = t.init_state()
   iterator = iter(data.loader)
   from vqax.train.sharding import global_batch
 
@@ -74,9 +74,9 @@ def test_phases_freeze_the_right_parameters_and_compile_once(noise_tree, tmp_pat
 def test_nonfinite_updates_are_skipped_not_applied(noise_tree, tmp_path):
   config = smoke_config(noise_tree)
   task = VQVAETask(config)
-  data = task.prepare_data(tmp_path)
-  t = trainer.make_trainer(config, task, data.steps_per_epoch)
-  state = t.init_state(task.batch_spec(config.batch_size))
+  data = task.prepare_data(tmp_path, batch_sizes(config))
+  t = trainer.make_trainer(config, task, data.info)
+  state = t.init_state()
   batch = next(iter(data.loader))
   batch["patches"][0, 0, 0, 0, 0] = np.nan
   from vqax.train.sharding import global_batch
@@ -89,9 +89,9 @@ def test_nonfinite_updates_are_skipped_not_applied(noise_tree, tmp_path):
 def test_dead_codes_are_revived_onto_encoder_outputs(noise_tree, tmp_path):
   config = smoke_config(noise_tree)
   task = VQVAETask(config)
-  data = task.prepare_data(tmp_path)
-  t = trainer.make_trainer(config, task, data.steps_per_epoch)
-  state = t.init_state(task.batch_spec(config.batch_size))
+  data = task.prepare_data(tmp_path, batch_sizes(config))
+  t = trainer.make_trainer(config, task, data.info)
+  state = t.init_state()
   from vqax.train.sharding import global_batch
   step_fn = t.compile_train_step(t.phases[1])
   state, _ = step_fn(state, global_batch(t.mesh, next(iter(data.loader))))
@@ -106,9 +106,9 @@ def test_dead_codes_are_revived_onto_encoder_outputs(noise_tree, tmp_path):
   # With revival off, the codebook moves only by its (tiny) gradient step.
   config.dead_code_threshold = 0.0
   task_off = VQVAETask(config)
-  task_off.prepare_data(tmp_path / "off")
-  t_off = trainer.make_trainer(config, task_off, data.steps_per_epoch)
-  state_off = t_off.init_state(task_off.batch_spec(config.batch_size))
+  task_off.prepare_data(tmp_path / "off", batch_sizes(config))
+  t_off = trainer.make_trainer(config, task_off, data.info)
+  state_off = t_off.init_state()
   initial = np.asarray(state_off.params["quantizer"]["codebook"])
   state_off, _ = t_off.compile_train_step(t_off.phases[1])(state_off, global_batch(t_off.mesh, next(iter(data.loader))))
   assert np.abs(np.asarray(state_off.params["quantizer"]["codebook"]) - initial).max() < 1e-2

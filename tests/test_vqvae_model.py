@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vqax.models.quantizer import VectorQuantizer, code_statistics
-from vqax.models.upsample import Upsample2x, subpixel_kernel, upsample2x
+from vqax.models.upsample import Upsample2x
+from vqax.ops.resample import subpixel_kernel, upsample2x
 from vqax.models.vqvae import VQVAE, Decoder, Encoder
 
 

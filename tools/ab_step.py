@@ -1,17 +1,17 @@
 """Is a train step faster with other convolution forms? The vqax step as `choose_impls` picks its forms,
 against the same step with some passes overridden, compiled side by side and run in turns in one process.
 
-  python tools/ab_step.py --override 64x128:dx=xla                       # the VQ-VAE's up2 input gradient
-  python tools/ab_step.py --case redimnet_b0 --override 20x60:fwd=gemm --rounds 4 --steps 2
+  python -m tools.ab_step --override 64x128:dx=xla                       # the VQ-VAE's up2 input gradient
+  python -m tools.ab_step --case redimnet_b0 --override 20x60:fwd=gemm --rounds 4 --steps 2
 
 Why: a pass timed alone says little about the step. Inside it, a form competes with everything around
 it for two cores, memory bandwidth and cache, and XLA fuses it with its neighbours: Winograd gradients that
 ran 1.2-2.5x faster alone made the VQ-VAE step 0.87-0.88x as fast (`tools/bench_winograd.py`). Judge a change
-to `vqax.models.conv.choose_impls` with this.
+to `vqax.ops.conv.choose_impls` with this.
 
 An override `CINxCOUT:PASS=FORM` applies to every convolution whose kernel has CIN input channels per
 group and COUT outputs (after the models' reformulations, e.g. the polyphase 2x2 kernel's 4x channels),
-PASS one of fwd, dx, dw and FORM one of `vqax.models.conv.PASS_IMPLS`. Both steps start from the same
+PASS one of fwd, dx, dw and FORM one of `vqax.ops.conv.PASS_IMPLS`. Both steps start from the same
 state and batch (bench_train's cases) and must give the same first two losses (the second follows one
 update, so it checks the gradients too). Each turn starts with one
 untimed step (see bench_train's `--rewarm`); reported: each variant's median step and the median over
@@ -28,8 +28,6 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
 PASSES = ("fwd", "dx", "dw")
 CHOSEN = "chosen forms"
@@ -37,7 +35,7 @@ CHOSEN = "chosen forms"
 
 def parse_override(text: str) -> tuple[tuple[int, int], int, str]:
   """'64x128:dx=xla' -> ((64, 128), 1, 'xla'); a clear error naming the option otherwise."""
-  from vqax.models.conv import PASS_IMPLS
+  from vqax.ops.conv import PASS_IMPLS
   try:
     channels, assignment = text.split(":")
     cin, cout = (int(v) for v in channels.split("x"))
@@ -53,15 +51,13 @@ def parse_override(text: str) -> tuple[tuple[int, int], int, str]:
 
 @contextlib.contextmanager
 def overridden_forms(overrides: list[tuple[tuple[int, int], int, str]], applied: list | None = None):
-  """While tracing inside this, `vqax.models.conv` runs the overridden passes in the given forms.
+  """While tracing inside this, `vqax.ops.conv` runs the overridden passes in the given forms.
 
   Each convolution the override changes is appended to `applied` (kernel shape, forms), if given.
   """
-  from vqax.models import conv
-  choose_impls = conv.choose_impls
+  from vqax.ops import conv
 
-  def chosen(x_shape, kernel_shape, strides, groups):
-    original = choose_impls(x_shape, kernel_shape, strides, groups)
+  def chosen(x_shape, kernel_shape, strides, groups, original):
     impls = list(original)
     for channels, pass_index, form in overrides:
       if tuple(kernel_shape[-2:]) == channels:
@@ -70,11 +66,8 @@ def overridden_forms(overrides: list[tuple[tuple[int, int], int, str]], applied:
       applied.append((tuple(kernel_shape), tuple(impls)))
     return tuple(impls)
 
-  conv.choose_impls = chosen
-  try:
+  with conv.override_forms(chosen):
     yield
-  finally:
-    conv.choose_impls = choose_impls
 
 
 def compare_steps(case: str, variants: dict, rounds: int, steps: int, after_tracing=None) -> dict:
@@ -83,7 +76,7 @@ def compare_steps(case: str, variants: dict, rounds: int, steps: int, after_trac
   if given, runs once every variant is traced, before the compiles and the minutes of timing."""
   import jax
   import jax.numpy as jnp
-  import bench_train
+  from tools import bench_train
   from vqax.train import sharding, trainer
   task_name, overrides, _, _ = bench_train.CASES[case]
   config = bench_train.bench_config(task_name, overrides)
@@ -136,7 +129,7 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-  import bench_train
+  from tools import bench_train
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--case", default="vqvae_16x16", help=f"one of {', '.join(bench_train.CASES)}")
   parser.add_argument("--override", action="append", default=[], help="CINxCOUT:PASS=FORM; repeat for more")

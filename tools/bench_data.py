@@ -1,7 +1,7 @@
 """Throughput of the VQ-VAE's host-side loader, against what the train step consumes.
 
-  python tools/bench_data.py                       # table + docs/bench_data.json
-  python tools/bench_data.py --clips 64 --batches 40 --workers 0,1,2
+  python -m tools.bench_data                       # table + docs/bench_data.json
+  python -m tools.bench_data --clips 64 --batches 40 --workers 0,1,2
 
 Writes a synthetic DCASE set (`vqax synth dcase`, fan, 10 s clips) to a temporary folder, then for each
 source and grain worker count runs the trainer's own loader (`vqax.data.dcase_loader.train_loader`, batch
@@ -24,7 +24,6 @@ import time
 import psutil
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 MiB = 2**20
 
 

@@ -1,7 +1,7 @@
 """GFLOP/s of the two primitives every train step here is made of, in XLA:CPU and PyTorch, float32 and bfloat16.
 
-  python tools/bench_kernels.py                   # table + docs/bench_kernels.json
-  python tools/bench_kernels.py --repeats 9
+  python -m tools.bench_kernels                   # table + docs/bench_kernels.json
+  python -m tools.bench_kernels --repeats 9
 
 Why: `tools/bench_train.py` says how fast a step is; this says what the host's kernels allow. A step can
 not run faster than its matmuls, and when PyTorch's matmul (oneDNN / MKL) is faster than XLA:CPU's on a
@@ -11,9 +11,9 @@ VQ-VAE-decoder-like size (channels-last in both frameworks), forward only, and t
 VQ-VAE's largest layer (the last upsampling, 256 patches) spends its backward pass in: "tall matmul",
 [M, a] @ [a, b] with M ~ 280,000 rows (the input gradient's dy @ [all taps' W^T]), and "kernel-grad
 matmul", [M, a]^T @ [M, b], contracting the rows (a tap's x^T @ dy). Median of `--repeats` calls timed in
-turns across the runners of a dtype; "vqax conv" is `vqax.models.conv.conv` (the form the models use,
+turns across the runners of a dtype; "vqax conv" is `vqax.ops.conv.conv` (the form the models use,
 chosen by shape). XLA_FLAGS and GLIBC_TUNABLES (huge pages: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as
-`vqax` runs; see `vqax.memory.host_allocator`), if set, are recorded with the figures.
+`vqax` runs; see `vqax.ops.host_allocator`), if set, are recorded with the figures.
 Needs the torch extra (`pip install -e '.[torch]'`).
 """
 import argparse
@@ -25,8 +25,6 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
 
 def interleaved_medians(fns: list, repeats: int) -> list[float]:
@@ -55,7 +53,7 @@ def measure(m: int, conv_shape: tuple, repeats: int) -> list[dict]:
   import jax.numpy as jnp
   import numpy as np
   import torch
-  from vqax.models.conv import conv as vqax_conv
+  from vqax.ops.conv import conv as vqax_conv
 
   n, h, w, cin, cout = conv_shape
   matmul_flop, conv_flop = 2 * m**3, 2 * n * h * w * cin * cout * 9
@@ -123,7 +121,7 @@ def main(argv=None) -> int:
       raise ValueError
   except ValueError:
     parser.error(f"--conv {args.conv!r}: expected five positive integers N,H,W,Cin,Cout")
-  from bench_train import machine
+  from tools.bench_train import machine
   rows = measure(args.matmul, conv_shape, args.repeats)
   xla_flags, tunables, host = os.environ.get("XLA_FLAGS", ""), os.environ.get("GLIBC_TUNABLES", ""), machine()
   print(f"{host}; XLA_FLAGS={xla_flags!r}; GLIBC_TUNABLES={tunables!r}; matmul {args.matmul}^3, "

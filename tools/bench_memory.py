@@ -1,6 +1,6 @@
 """Compiled memory of the VQ-VAE train step per variant: a Markdown table and JSON for the README.
 
-  .venv/bin/python tools/bench_memory.py [--out docs/memory_table.md] [--json docs/memory_table.json]
+  python -m tools.bench_memory [--out docs/memory_table.md] [--json docs/memory_table.json]
 
 Everything is compiled ahead of time from shapes on the default JAX backend (nothing runs, no data): the
 seeds' reference size (16 clips x 16 patches per device) and tight size (1 clip x 4..8 patches) for every
@@ -16,10 +16,9 @@ import time
 import jax
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from vqax import config_loading  # noqa: E402
-from vqax.memory import planner  # noqa: E402
+from vqax.planning import planner  # noqa: E402
 
 REFERENCE = {"batch_size": 16, "n_patches": 16}
 TIGHT = [{"batch_size": 1, "n_patches": n} for n in (4, 6, 8)]

@@ -1,7 +1,7 @@
 """Step time and per-device memory of the data-parallel train step on 1..N devices, same global batch.
 
-  python tools/bench_scaling.py --devices 1,2,4,8 --layouts replicated --json docs/scaling.json
-  python tools/bench_scaling.py --devices 8 --layouts replicated,opt_state,params
+  python -m tools.bench_scaling --devices 1,2,4,8 --layouts replicated --json docs/scaling.json
+  python -m tools.bench_scaling --devices 8 --layouts replicated,opt_state,params
 
 Each device count runs in a fresh interpreter (on CPU with that many forced host devices: XLA fixes the
 count at start-up). The step is the trainer's own (`make_trainer` + `compile_train_step`), compiled ahead
@@ -27,7 +27,7 @@ def measure(config_spec: str, global_batch: int, steps: int, layout: str) -> dic
   """One row, on every device of this process."""
   import jax
   import numpy as np
-  from vqax import config_loading
+  from vqax import config_loading, tasks
   from vqax.train import sharding, trainer
 
   config = config_loading.load_config(config_spec)
@@ -38,12 +38,12 @@ def measure(config_spec: str, global_batch: int, steps: int, layout: str) -> dic
   config.phase1_epochs = 0  # time the full-loss phase: every parameter trains
   for key, value in LAYOUTS[layout].items():
     config[key] = value
-  task = trainer.build_task(config)
-  t = trainer.make_trainer(config, task, steps_per_epoch=1000)
-  spec = task.batch_spec(global_batch)
+  task = tasks.create(config)
+  t = trainer.make_trainer(config, task, task.planning_info())
+  spec = t.batch_spec()
   rng = np.random.default_rng(0)
   host_batch = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), spec)
-  state = t.init_state(spec)
+  state = t.init_state()
   batch = sharding.global_batch(t.mesh, host_batch)
   start = time.perf_counter()
   step = t.compile_train_step(trainer.phase_at(t.phases, 0)).lower(state, batch).compile()

@@ -1,9 +1,9 @@
 """Train-step speed of vqax against PyTorch implementations of the same models, side by side.
 
-  python tools/bench_train.py                        # every case, table + docs/bench_train.json
-  python tools/bench_train.py --cases vqvae_16x16 --rounds 5 --steps 10
-  python tools/bench_train.py --no_compile           # skip torch.compile (its first compile takes minutes)
-  python tools/bench_train.py --cases redimnet_b2 --runners "vqax,torch eager" --append   # fewer workers
+  python -m tools.bench_train                        # every case, table + docs/bench_train.json
+  python -m tools.bench_train --cases vqvae_16x16 --rounds 5 --steps 10
+  python -m tools.bench_train --no_compile           # skip torch.compile (its first compile takes minutes)
+  python -m tools.bench_train --cases redimnet_b2 --runners "vqax,torch eager" --append   # fewer workers
 
 Needs the torch extra (`pip install -e '.[torch]'`, the CPU build). For each case the runners are worker
 processes of this one (so each one's peak RSS is its own), started from one set of weights:
@@ -16,7 +16,7 @@ processes of this one (so each one's peak RSS is its own), started from one set 
                    autocast to bfloat16 (quantizer, mel front-end and losses in float32 in both); compared with
                    torch eager bf16, not with float32. Not in the default runners;
   ... +huge pages  again with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, what the `vqax` executable sets for
-                   itself (`vqax.memory.host_allocator`): glibc maps and unmaps every large buffer each step
+                   itself (`vqax.ops.host_allocator`): glibc maps and unmaps every large buffer each step
                    and both frameworks page-fault it in again, 4 KiB at a time without it, 2 MiB with it;
   ... +kept memory again with the opt-in settings of VQAX_KEEP_FREED_MEMORY=1: the process keeps its freed
                    memory (no faults, more RSS).
@@ -47,8 +47,6 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 MiB = 2**20
 # VoxCeleb2 dev's speaker count: the class-weight matrix has its real size.
 SPEAKER_CLASSES = 5994
@@ -57,9 +55,9 @@ CASES = {
     # name: (task, config overrides, samples per step, sample unit)
     "vqvae_16x16": ("vqvae", {"batch_size": 16, "n_patches": 16}, 256, "patches"),
     "vqvae_1x8": ("vqvae", {"batch_size": 1, "n_patches": 8}, 8, "patches"),
-    "redimnet_b0": ("redimnet_mrl", {"model_size": "b0", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
+    "redimnet_b0": ("redimnet_mrl", {"model.size": "b0", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
                     "s audio"),
-    "redimnet_b2": ("redimnet_mrl", {"model_size": "b2", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
+    "redimnet_b2": ("redimnet_mrl", {"model.size": "b2", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
                     "s audio"),
 }
 KEPT = " +kept memory"
@@ -70,7 +68,7 @@ BF16_LOSS_RTOL = 2e-2
 # "vqax plain" (about 20x slower than vqax) is left out of the default: its steps would fill most of every round.
 DEFAULT_RUNNERS = ("vqax", "vqax" + HUGE, "torch eager", "torch.compile", "torch eager" + HUGE, "vqax" + KEPT,
                    "torch eager" + KEPT)
-PLAIN_LAYERS = {"model.upsample_impl": "transpose", "model.downsample_impl": "strided", "model.conv_impl": "xla"}
+PLAIN_LAYERS = {"model.layer_forms": "xla"}  # XLA's own layers: the same function and parameters
 
 
 def bench_config(task: str, overrides: dict):
@@ -84,7 +82,7 @@ def bench_config(task: str, overrides: dict):
   else:
     config.freeze_backbone_epochs = 0
     config.margin_ramp_end_epoch = 0  # the full margin from the start, as the PyTorch loss
-    config.num_classes = SPEAKER_CLASSES
+    config.model.num_classes = SPEAKER_CLASSES
   # The CLI's own override path: an unknown or mistyped field fails as it would on the command line.
   return config_loading.apply_overrides(config, [f"--config.{key}={value}" for key, value in overrides.items()])
 
@@ -102,20 +100,23 @@ def make_batch(task: str, config, seed: int = 0):
 
 def initial_state(config, task_name: str):
   """The vqax trainer's initial state for this config: what the vqax runner starts from."""
+  import dataclasses
+
   import jax
+  from vqax import tasks
   from vqax.train import trainer
-  task = trainer.build_task(config)
-  t = trainer.make_trainer(config, task, steps_per_epoch=1000)
-  task.steps_per_epoch = 1000
+  task = tasks.create(config)
+  info = dataclasses.replace(task.planning_info(), num_classes=SPEAKER_CLASSES)
+  t = trainer.make_trainer(config, task, info)
   spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), make_batch(task_name, config))
-  return t, spec, t.init_state(spec)
+  return t, spec, t.init_state()
 
 
 def prepare_weights(task_name: str, config, workdir: pathlib.Path) -> None:
   """One set of initial weights for every runner: vqax's initial state, copied into a torch.pt."""
   import jax
   import torch
-  import torch_models
+  from tools import torch_models
   if task_name == "vqvae":
     _, _, state = initial_state(config, task_name)
     model = torch_models.VQVAE(tuple(config.model.encoder_channels), int(config.model.latent_dim),
@@ -127,8 +128,8 @@ def prepare_weights(task_name: str, config, workdir: pathlib.Path) -> None:
     from vqax.models.redimnet import SIZES
     from vqax.models.redimnet_convert import convert_state_dict, save_converted
     torch.manual_seed(int(config.seed))
-    model_config = dict(SIZES[config.model_size])
-    model = torch_models.MatryoshkaSpeakerModel(model_config, int(config.projection_dim), SPEAKER_CLASSES)
+    model_config = dict(SIZES[config.model.size])
+    model = torch_models.MatryoshkaSpeakerModel(model_config, int(config.model.projection_dim), SPEAKER_CLASSES)
     backbone = {k: v.numpy() for k, v in model.backbone.state_dict().items()}
     save_converted(convert_state_dict(backbone, model_config), model_config, workdir / "converted")
     config.init_from = str(workdir / "converted")
@@ -163,7 +164,7 @@ class VqaxRunner:
 class TorchRunner:
   def __init__(self, task_name, config, workdir, compiled: bool, bf16: bool = False):
     import torch
-    import torch_models
+    from tools import torch_models
     self.torch = torch
     torch.manual_seed(0)
     if task_name == "vqvae":
@@ -176,7 +177,7 @@ class TorchRunner:
       self.args = (torch.from_numpy(batch.reshape((-1,) + batch.shape[2:]).transpose(0, 3, 1, 2).copy()),)
     else:
       from vqax.models.redimnet import SIZES
-      model = torch_models.MatryoshkaSpeakerModel(dict(SIZES[config.model_size]), int(config.projection_dim),
+      model = torch_models.MatryoshkaSpeakerModel(dict(SIZES[config.model.size]), int(config.model.projection_dim),
                                                   SPEAKER_CLASSES)
       model.load_state_dict(torch.load(workdir / "torch.pt", weights_only=True))
       model.train()
@@ -210,14 +211,14 @@ def allocator(runner: str) -> str:
   return next((suffix for suffix in (HUGE, KEPT) if runner.endswith(suffix)), "")
 
 
-def _start_worker(ctx, runner: str, args: tuple):
+def _start_worker(ctx, runner: str, args: tuple, baseline=None):
   """A spawned worker; GLIBC_TUNABLES is read at process start, so '+huge pages' goes in its environment."""
-  from vqax.memory import host_allocator
+  from vqax.ops import host_allocator
   saved = os.environ.pop("GLIBC_TUNABLES", None)
   try:
     if allocator(runner) == HUGE:
       os.environ["GLIBC_TUNABLES"] = host_allocator.HUGE_PAGES_TUNABLE
-    process = ctx.Process(target=worker, args=(runner, *args), daemon=True)
+    process = ctx.Process(target=worker, args=(runner, *args), kwargs={"baseline": baseline}, daemon=True)
     process.start()
   finally:
     os.environ.pop("GLIBC_TUNABLES", None)
@@ -226,15 +227,40 @@ def _start_worker(ctx, runner: str, args: tuple):
   return process
 
 
-def worker(runner: str, task_name: str, config, workdir: str, conn) -> None:
+BASELINE = "vqax baseline"
+
+
+def baseline_runner(tree: str, task_name: str, case: str, init_from: str = ""):
+  """The vqax step as another checkout (`--baseline_tree`, e.g. the previous commit) builds it: that tree's
+  own bench_train.VqaxRunner on that tree's config, with that tree's vqax imported in this worker."""
+  import importlib.util
+  tree = pathlib.Path(tree).resolve()
+  sys.path[:0] = [str(tree), str(tree / "tools")]  # older trees import their tools as flat modules
+  for name in [m for m in sys.modules if m == "vqax" or m.startswith("vqax.")]:
+    del sys.modules[name]
+  spec = importlib.util.spec_from_file_location("baseline_bench_train", tree / "tools" / "bench_train.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  import vqax
+  if not pathlib.Path(vqax.__file__).resolve().is_relative_to(tree):
+    raise RuntimeError(f"--baseline_tree {tree}: imported vqax from {vqax.__file__}")
+  config = module.bench_config(task_name, module.CASES[case][1])
+  if init_from:
+    config.init_from = init_from  # the same converted PyTorch initialisation as the other runners
+  return module.VqaxRunner(task_name, config)
+
+
+def worker(runner: str, task_name: str, config, workdir: str, conn, baseline=None) -> None:
   """Build the runner, report the first step's loss, then time steps on request."""
   workdir = pathlib.Path(workdir)
   if allocator(runner) == KEPT:
-    from vqax.memory import host_allocator
+    from vqax.ops import host_allocator
     host_allocator.keep_freed_host_memory()  # before jax or torch starts a thread, as `vqax` does when asked
   try:
     start = time.perf_counter()
-    if runner.startswith("vqax"):
+    if framework(runner) == BASELINE:
+      run = baseline_runner(*baseline)
+    elif runner.startswith("vqax"):
       run = VqaxRunner(task_name, config)
     else:
       run = TorchRunner(task_name, config, workdir, compiled=runner.startswith("torch.compile"),
@@ -260,7 +286,7 @@ def worker(runner: str, task_name: str, config, workdir: str, conn) -> None:
 
 
 def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: int, setup_timeout: float,
-               rewarm: int = 1) -> dict:
+               rewarm: int = 1, baseline_tree: str | None = None) -> dict:
   task_name, overrides, samples, unit = CASES[name]
   with tempfile.TemporaryDirectory(prefix="vqax-bench-") as tmp:
     config = bench_config(task_name, overrides)
@@ -275,7 +301,9 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
       if task_name != "vqvae":
         run_config.init_from = config.init_from  # the converted PyTorch initialisation
       parent, child = ctx.Pipe()
-      process = _start_worker(ctx, r, (task_name, run_config, tmp, child))
+      baseline = ((baseline_tree, task_name, name, run_config.get("init_from", "")) if framework(r) == BASELINE
+                  else None)
+      process = _start_worker(ctx, r, (task_name, run_config, tmp, child), baseline)
       # One worker sets up at a time: compiles do not compete with each other.
       if not parent.poll(setup_timeout):
         process.kill()
@@ -325,7 +353,8 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
   for row in rows.values():  # against torch eager as it runs by default, and under the row's own allocator
     precision = BF16 if is_bf16(row["runner"]) else ""  # bfloat16 rows against torch eager in bfloat16
     for key, baseline in (("vs_torch_eager", "torch eager" + precision),
-                          ("vs_torch_eager_same_allocator", "torch eager" + precision + allocator(row["runner"]))):
+                          ("vs_torch_eager_same_allocator", "torch eager" + precision + allocator(row["runner"])),
+                          ("vs_baseline_same_allocator", BASELINE + precision + allocator(row["runner"]))):
       ratio = paired_speedup(row.get("step_s_rounds"), rows.get(baseline, {}).get("step_s_rounds"))
       if ratio is not None:
         row[key] = ratio
@@ -346,19 +375,20 @@ def paired_speedup(runner_rounds, baseline_rounds) -> float | None:
 
 def table(results: list[dict]) -> str:
   lines = ["| case | runner | step (ms) | steps/s | samples/s | vs torch eager | vs torch eager, same allocator | "
-           "compiled peak (MiB) | peak RSS (MiB) |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "vs baseline tree, same allocator | compiled peak (MiB) | peak RSS (MiB) |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for result in results:
     for row in result["rows"]:
       if "steps_per_s" not in row:
         lines.append(f"| {result['case']} | {row['runner']} | {row.get('error', 'failed')} ||||||")
         continue
       peak = f"{row['compiled_peak'] / MiB:.0f}" if row.get("compiled_peak") else "-"
-      ratio, ratio_same = (f"{row[key]:.2f}x" if key in row else "-"
-                           for key in ("vs_torch_eager", "vs_torch_eager_same_allocator"))
+      ratio, ratio_same, ratio_baseline = (f"{row[key]:.2f}x" if key in row else "-" for key in
+                                           ("vs_torch_eager", "vs_torch_eager_same_allocator",
+                                            "vs_baseline_same_allocator"))
       lines.append(f"| {result['case']} | {row['runner']} | {1000 * row['step_s']:.0f} | {row['steps_per_s']:.2f} | "
-                   f"{row['samples_per_s']:.1f} {result['sample_unit']} | {ratio} | {ratio_same} | {peak} | "
-                   f"{row['peak_rss'] / MiB:.0f} |")
+                   f"{row['samples_per_s']:.1f} {result['sample_unit']} | {ratio} | {ratio_same} | "
+                   f"{ratio_baseline} | {peak} | {row['peak_rss'] / MiB:.0f} |")
   return "\n".join(lines)
 
 
@@ -394,6 +424,9 @@ def main(argv=None) -> int:
                       help=f"comma-separated runners (default: {', '.join(DEFAULT_RUNNERS)}); any of vqax, vqax plain, "
                            f"torch eager, torch.compile, then optionally '{BF16.strip()}', then optionally "
                            f"'{HUGE.strip()}' or '{KEPT.strip()}'")
+  parser.add_argument("--baseline_tree", default=None,
+                      help="another checkout (e.g. `git worktree add /tmp/prev HEAD~1`): adds the runners "
+                           f"'{BASELINE}' and '{BASELINE}{HUGE}', its vqax step, side by side with this one")
   parser.add_argument("--json", default=str(REPO / "docs" / "bench_train.json"))
   parser.add_argument("--append", action="store_true", help="keep the other cases already in --json")
   args = parser.parse_args(argv)
@@ -401,9 +434,9 @@ def main(argv=None) -> int:
   unknown = [c for c in cases if c not in CASES]
   if unknown:
     parser.error(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(CASES)}")
-  known = [base + precision + suffix for base in ("vqax", "vqax plain", "torch eager", "torch.compile")
-           for precision in ("", BF16) for suffix in ("", HUGE, KEPT)]
-  runners = list(DEFAULT_RUNNERS)
+  bases = ("vqax", "vqax plain", "torch eager", "torch.compile") + ((BASELINE,) if args.baseline_tree else ())
+  known = [base + precision + suffix for base in bases for precision in ("", BF16) for suffix in ("", HUGE, KEPT)]
+  runners = list(DEFAULT_RUNNERS) + ([BASELINE, BASELINE + HUGE] if args.baseline_tree else [])
   if args.runners:
     wanted = args.runners.split(",")
     bad = [r for r in wanted if r not in known]
@@ -418,7 +451,8 @@ def main(argv=None) -> int:
     results = [r for r in json.loads(json_path.read_text())["results"] if r["case"] not in cases]
   for case in cases:
     print(f"{case}:", flush=True)
-    result = bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout, args.rewarm)
+    result = bench_case(case, runners, args.rounds, args.steps, args.warmup, args.setup_timeout, args.rewarm,
+                        args.baseline_tree)
     # Per case: with --append a file holds cases measured on different days, or machines.
     result.update(machine=machine(), date=time.strftime("%Y-%m-%d"), rounds=args.rounds, steps=args.steps,
                   rewarm=args.rewarm)

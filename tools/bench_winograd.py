@@ -1,8 +1,8 @@
 """Would Winograd convolution make the VQ-VAE's phase convolutions faster on this host? Timed against vqax's.
 
-  python tools/bench_winograd.py                  # table + docs/bench_winograd.json
-  python tools/bench_winograd.py --cases up2 --repeats 9
-  python tools/bench_winograd.py --step_rounds 5   # also the VQ-VAE train step, up2's gradients by Winograd
+  python -m tools.bench_winograd                  # table + docs/bench_winograd.json
+  python -m tools.bench_winograd --cases up2 --repeats 9
+  python -m tools.bench_winograd --step_rounds 5   # also the VQ-VAE train step, up2's gradients by Winograd
 
 Why: the VQ-VAE step is its convolutions, and on two cores it runs them near XLA:CPU's matmul speed, so a
 faster step needs fewer FLOPs. Its up- and downsampling layers are 2x2 stride-1 convolutions (polyphase,
@@ -11,12 +11,12 @@ multiplications instead of 36 (2.25x fewer): input tiles and kernels are transfo
 matrices, multiplied per transform position (16 batched matmuls contracting the input channels), and the
 products transformed back (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
 Its gradients come from autodiff: the transposes of the same linear steps, again 16 batched matmuls.
-This times, per VQ-VAE layer at 256 patches (float32): vqax's convolution (`vqax.models.conv.conv`, the
+This times, per VQ-VAE layer at 256 patches (float32): vqax's convolution (`vqax.ops.conv.conv`, the
 forms the model uses), the Winograd form, and the Winograd form's matmuls alone: forward, and both
 gradients without the forward (XLA drops the unused output), in turns (median of `--repeats`). Each case first checks that both forms agree.
 With `--step_rounds`, it then times bench_train's VQ-VAE step (16 x 16 patches) as the models run it
 against the same step with the up2 layer's two gradients computed by one Winograd vjp (this process
-patches `vqax.models.conv` for that, nothing else), compiled side by side and run in turns
+patches `vqax.ops.conv` for that, nothing else), compiled side by side and run in turns
 (`tools/ab_step.py`).
 Not used by the models: alone its gradients can be faster, but the step was slower (README, Performance).
 """
@@ -31,8 +31,6 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
 # F(3, 2) with interpolation points 0, 1, -1 and infinity: y = A^T [(G g) * (B^T d)] for a 4-sample input
 # tile d, a 2-tap kernel g and 3 outputs y_i = d_i g_0 + d_(i+1) g_1 (correlation, as convolutions here are).
@@ -119,8 +117,8 @@ def winograd_conv2x2(x, kernel, padding):
 def measure(case: str, repeats: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
-  from bench_kernels import interleaved_medians
-  from vqax.models.conv import conv as vqax_conv
+  from tools.bench_kernels import interleaved_medians
+  from vqax.ops.conv import conv as vqax_conv
   x_shape, cout, padding = CASES[case]
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
@@ -161,33 +159,26 @@ def measure(case: str, repeats: int) -> list[dict]:
 
 @contextlib.contextmanager
 def winograd_gradients(kernel_channels: tuple[int, int]):
-  """While tracing inside this, `vqax.models.conv` computes both gradients of its convolutions with
+  """While tracing inside this, `vqax.ops.conv` computes both gradients of its convolutions with
   (Cin, Cout) = kernel_channels (stride-1 2x2 ones) by one vjp of `winograd_conv2x2` (two would transform
   dy twice). Which convolutions: `ab_step.overridden_forms`, with "winograd" as their gradient forms."""
   import jax
-  from ab_step import overridden_forms
-  from vqax.models import conv
-  conv_bwd = conv._conv_bwd
+  from tools.ab_step import overridden_forms
+  from vqax.ops import conv
 
-  def backward(strides, padding, groups, impls, residuals, dy):
-    x, kernel = residuals
-    if (impls or conv.choose_impls(x.shape, kernel.shape, strides, groups))[1] != "winograd":
-      return conv_bwd(strides, padding, groups, impls, residuals, dy)
+  def backward(dy, x, kernel, strides, padding, groups):
     if tuple(kernel.shape[:2]) != (2, 2) or tuple(strides) != (1, 1) or groups != 1:
       raise ValueError(f"Winograd F(3x3, 2x2) needs a stride-1 2x2 kernel, got {kernel.shape} stride {strides}")
     return jax.vjp(lambda x_, k_: winograd_conv2x2(x_, k_, padding), x, kernel)[1](dy)
 
-  conv.conv_passes.defvjp(conv._conv_fwd, backward)
-  try:
+  with conv.joint_backward_form("winograd", backward):
     with overridden_forms([(tuple(kernel_channels), 1, "winograd"), (tuple(kernel_channels), 2, "winograd")]):
       yield
-  finally:
-    conv.conv_passes.defvjp(conv._conv_fwd, conv_bwd)
 
 
 def measure_step(rounds: int, steps: int = 3) -> dict:
   """bench_train's VQ-VAE 16 x 16 step, as the models run it and with up2's gradients by Winograd, in turns."""
-  from ab_step import CHOSEN, compare_steps
+  from tools.ab_step import CHOSEN, compare_steps
   (*_, up2_inputs), up2_outputs, _ = CASES["up2"]
   return compare_steps("vqvae_16x16", {CHOSEN: None, WINOGRAD_STEP: lambda: winograd_gradients((up2_inputs, up2_outputs))},
                        rounds, steps)
@@ -220,7 +211,7 @@ def main(argv=None) -> int:
     parser.error(f"--repeats {args.repeats}: expected a positive integer")
   if args.step_rounds < 0:
     parser.error(f"--step_rounds {args.step_rounds}: expected 0 (no step) or a positive integer")
-  from bench_train import machine
+  from tools.bench_train import machine
   rows = [row for case in cases for row in measure(case, args.repeats)]
   host, tunables = machine(with_torch=False), os.environ.get("GLIBC_TUNABLES", "")
   print(f"{host}; GLIBC_TUNABLES={tunables!r}; float32, median of {args.repeats}")

@@ -1,6 +1,6 @@
 """Start N cooperating JAX processes on this machine, to try multi-host training without a cluster.
 
-  python tools/launch_local.py -n 2 --devices_per_process 2 -- \
+  python -m tools.launch_local -n 2 --devices_per_process 2 -- \
       vqax train --config configs/vqvae_dcase.py:smoke --workdir runs/mh --config.batch_size=1
 
 Each process gets VQAX_COORDINATOR_ADDRESS=localhost:PORT, VQAX_NUM_PROCESSES=N and VQAX_PROCESS_ID=i

@@ -1,8 +1,8 @@
 """Where a train step's time goes: one bench_train case's vqax step, traced, summed per model scope and op.
 
-  python tools/profile_step.py --case redimnet_b0                  # top scopes and top XLA ops
-  python tools/profile_step.py --case vqvae_16x16 --depth 2 --top 30
-  python tools/profile_step.py --case redimnet_b0 --hlo_dump /tmp/hlo   # also keep the optimized HLO
+  python -m tools.profile_step --case redimnet_b0                  # top scopes and top XLA ops
+  python -m tools.profile_step --case vqvae_16x16 --depth 2 --top 30
+  python -m tools.profile_step --case redimnet_b0 --hlo_dump /tmp/hlo   # also keep the optimized HLO
 
 The step is the trainer's own (`tools/bench_train.py`'s vqax runner, same config and batch). After
 warm-up, `--steps` steps run under `jax.profiler.trace`; every XLA op's time in the Perfetto trace is
@@ -31,8 +31,6 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 # Scope names that say nothing about where in the model an op is.
 _NOISE = re.compile(r"^(jit\(.*\)|jvp\(.*\)|transpose\(.*\)|backbone|backbone\.embed_features)$")
 
@@ -125,7 +123,7 @@ def untimed_ops(by_op, step_flops, max_gflops: float) -> set[str]:
 
 
 def main(argv=None) -> int:
-  import bench_train
+  from tools import bench_train
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--case", default="redimnet_b0", choices=sorted(bench_train.CASES))
   parser.add_argument("--steps", type=int, default=2, help="traced steps")
@@ -192,6 +190,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
   # Profile the step under the allocator the `vqax` executable runs with: without huge pages every
   # fresh buffer is faulted in 4 KiB at a time, and copies and slices look about 3x slower than they are.
-  from vqax.memory import host_allocator
+  from vqax.ops import host_allocator
   host_allocator.restart_with_huge_pages()
   sys.exit(main())

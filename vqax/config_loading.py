@@ -15,10 +15,10 @@ from vqax.errors import ConfigError
 
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
-# Seed flag -> config field. Boolean flags take no value.
+# Seed-script flags every task's config has (vqax.train.defaults) -> config field. Tasks add their own
+# (`Task.flag_aliases`). Boolean flags take no value.
 FLAG_ALIASES = {
-    "batch_size": "batch_size", "n_patches": "n_patches", "stride": "stride", "epochs": "epochs",
-    "machine_type": "machine_type", "data_root": "data_root", "norm_stats_path": "norm_stats_path",
+    "batch_size": "batch_size", "epochs": "epochs", "data_root": "data_root",
     "gradient_accumulation_steps": "gradient_accumulation_steps", "device": "device",
     "seed": "seed", "learning_rate": "learning_rate",
 }
@@ -88,8 +88,15 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None
     node[leaf] = _parse_value(text, node[leaf], dotted)
 
 
-def apply_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> ml_collections.ConfigDict:
-  """Apply `--config.a.b=v` / `--config.a.b v` and the seed aliases (`--batch_size 8`, `--use_amp`)."""
+def apply_overrides(config: ml_collections.ConfigDict, args: Sequence[str], aliases=None,
+                    boolean_aliases=()) -> ml_collections.ConfigDict:
+  """Apply `--config.a.b=v` / `--config.a.b v` and the seed aliases (`--batch_size 8`, `--use_amp`).
+
+  `aliases` / `boolean_aliases` add a task's own flag names. The config comes back locked: a field that
+  does not exist can be neither set nor added later (a typo in `--config.x=y` is an error, never a no-op).
+  """
+  aliases = {**FLAG_ALIASES, **(aliases or {})}
+  booleans = BOOLEAN_ALIASES | set(boolean_aliases)
   args = list(args)
   i = 0
   while i < len(args):
@@ -97,7 +104,7 @@ def apply_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> m
     if not arg.startswith("--"):
       raise ConfigError(f"unexpected argument {arg!r}: options look like --config.field=value")
     name, has_value, value = arg[2:].partition("=")
-    if name in BOOLEAN_ALIASES and not has_value:
+    if name in booleans and not has_value:
       value, has_value = "true", True
     if not has_value:
       if i + 1 >= len(args):
@@ -107,17 +114,18 @@ def apply_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> m
     i += 1
     if name.startswith("config."):
       set_field(config, name[len("config."):], value)
-    elif name in FLAG_ALIASES:
-      set_field(config, FLAG_ALIASES[name], value)
+    elif name in aliases:
+      set_field(config, aliases[name], value)
     elif name == "use_amp":
       set_field(config, "compute_dtype", "bfloat16" if _parse_value(value, True, name) else "float32")
     elif name == "use_gradient_checkpointing":
-      from vqax.memory.remat import DEFAULT_REMAT_POLICY
+      from vqax.models.remat import DEFAULT_REMAT_POLICY
       set_field(config, "remat_policy", DEFAULT_REMAT_POLICY if _parse_value(value, True, name) else "none")
-    elif name in ("memory_saver", "skip_bad_files"):
+    elif name in booleans:
       set_field(config, name, value)
     else:
       raise ConfigError(f"unknown option --{name} (use --config.<field>=<value>)")
+  config.lock()
   return config
 
 

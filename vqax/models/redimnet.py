@@ -23,9 +23,8 @@ import numpy as np
 
 from vqax.audio.melbanks import MelBanks
 from vqax.errors import ConfigError
-from vqax.memory.remat import maybe_remat, policy_for
-from vqax.models import conv as fast_conv
-from vqax.models.dense import dense_dot_general, materialized
+from vqax import ops
+from vqax.models.remat import maybe_remat, policy_for
 
 # PyTorch's default Conv/Linear weight init, U(+-1/sqrt(fan_in)), so training from scratch starts where the
 # official recipe does. Biases start at zero (PyTorch draws them from the same range; it does not matter).
@@ -35,7 +34,7 @@ BLOCK_2D_TYPES = ("convnext_like", "convnext_like_relu", "basic_resnet", "basic_
 BLOCK_1D_TYPES = ("conv+att", "att", "conv", "fc")
 POOLING_FUNCS = ("ASTP", "TSTP")
 FEAT_TYPES = ("pt", "pt_mel")
-MODULE_ONLY_FIELDS = ("dtype", "param_dtype", "remat_policy", "conv_impl")
+MODULE_ONLY_FIELDS = ("dtype", "param_dtype", "remat_policy", "layer_forms")
 
 Dtype = Any
 
@@ -76,24 +75,16 @@ class _Layers:
   dtype: Dtype
   param_dtype: Dtype
 
-  def fast_layers(self) -> bool:
-    """conv_impl "auto": convolutions and matmuls in the forms XLA:CPU runs fastest (`vqax.models.conv`,
-    `vqax.models.dense`; plain on GPU/TPU), the same parameters and sums; "xla": the plain layers."""
-    return fast_conv.pass_impls(getattr(self, "conv_impl", "auto")) is None
-
   def conv(self, features, kernel_size, *, groups=1, use_bias=True, strides=None, padding=None, name=None):
-    fast = self.fast_layers()
-    return nn.Conv(features, tuple(kernel_size), strides=strides,
+    return ops.Conv(features, tuple(kernel_size), strides=strides,
                    padding=_same(kernel_size) if padding is None else padding, feature_group_count=groups,
                    use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=TORCH_KERNEL_INIT, name=name,
-                   conv_general_dilated=fast_conv.conv_general_dilated if fast else None)
+                   kernel_init=TORCH_KERNEL_INIT, name=name)
 
   def dense(self, features, name=None):
-    """A Linear, or a 1x1 convolution in channels-last layout (a 2-D matmul on XLA:CPU with conv_impl auto)."""
-    fast = self.fast_layers()
-    return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=TORCH_KERNEL_INIT,
-                    name=name, dot_general=dense_dot_general if fast else None)
+    """A Linear, or a 1x1 convolution in channels-last layout."""
+    return ops.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=TORCH_KERNEL_INIT,
+                     name=name)
 
   def batch_norm(self, train: bool, eps: float = 1e-5, name=None):
     # PyTorch momentum 0.1 is Flax momentum 0.9; two-pass variance for parity with PyTorch.
@@ -134,7 +125,6 @@ class ResBasicBlock(nn.Module, _Layers):
   use_fwse: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -151,9 +141,8 @@ class ResBasicBlock(nn.Module, _Layers):
     if self.use_fwse:
       se_channels = min(64, max(self.channels, 32))
       y = FwSE(self.num_freq, se_channels, dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
-    # The residual stream as a buffer on CPU (conv_impl auto): the next block's depthwise convolution
-    # would otherwise recompute it, and the blocks before it, at each of its nine taps (b0 step 1.08x).
-    return materialized(nn.relu(y + x), enabled=self.fast_layers())
+    # XLA:CPU forms keep the residual stream as a buffer (see `vqax.ops.materialized`); elsewhere a no-op.
+    return ops.materialized(nn.relu(y + x))
 
 
 class ConvNeXtLikeBlock(nn.Module, _Layers):
@@ -164,7 +153,6 @@ class ConvNeXtLikeBlock(nn.Module, _Layers):
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -184,7 +172,6 @@ class ChannelSqueeze(nn.Module, _Layers):
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -266,7 +253,6 @@ class PosEncConv(nn.Module, _Layers):
   kernel_size: int = 59
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -284,7 +270,6 @@ class TimeContextBlock1d(nn.Module, _Layers):
   block_type: str = "conv+att"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -298,14 +283,14 @@ class TimeContextBlock1d(nn.Module, _Layers):
       x = self.dense(h, name="tcm_3")(exact_gelu(x))
     else:
       if self.block_type == "conv+att":
-        layers = [ConvNeXtLikeBlock(h, ((k,),), 1, **kw, conv_impl=self.conv_impl, name=f"tcm_{i}")
+        layers = [ConvNeXtLikeBlock(h, ((k,),), 1, **kw, name=f"tcm_{i}")
                   for i, k in enumerate((7, 19, 31, 59))]
         layers.append(TransformerEncoderLayer(h, h, 4, **kw, name="tcm_4"))
       elif self.block_type == "att":
-        layers = [PosEncConv(h, 59, **kw, conv_impl=self.conv_impl, name="tcm_0"),
+        layers = [PosEncConv(h, 59, **kw, name="tcm_0"),
                   TransformerEncoderLayer(h, 2 * h, 4, **kw, name="tcm_1")]
       else:  # "conv"
-        layers = [ConvNeXtLikeBlock(h, ((7,), (15,), (31,)), 1, **kw, conv_impl=self.conv_impl, name=f"tcm_{i}")
+        layers = [ConvNeXtLikeBlock(h, ((7,), (15,), (31,)), 1, **kw, name=f"tcm_{i}")
                   for i in range(4)]
       for layer in layers:
         x = layer(x, train)
@@ -355,7 +340,6 @@ class Stage(nn.Module, _Layers):
   remat_policy: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array], train: bool = False):
@@ -370,15 +354,15 @@ class Stage(nn.Module, _Layers):
     c, f = s * self.c, self.f // s
     block_cls, block_kw = _block2d(self.block_2d_type, f, self.group_divisor)
     for j in range(self.num_blocks):
-      x = remat(block_cls)(c * e, **block_kw, **kw, conv_impl=self.conv_impl, name=f"block{j}")(x, train)
+      x = remat(block_cls)(c * e, **block_kw, **kw, name=f"block{j}")(x, train)
     if e != 1:
       activation = "relu" if "relu" in self.block_1d_type and "relu" in self.block_2d_type else "gelu"
-      x = remat(ChannelSqueeze)(c, self.group_divisor, activation, **kw, conv_impl=self.conv_impl,
+      x = remat(ChannelSqueeze)(c, self.group_divisor, activation, **kw,
                                 name="squeeze")(x, train)
     x = to1d(x)
     if self.att_block_red is not None:
       hidden = (self.F * self.C) // self.att_block_red
-      x = remat(TimeContextBlock1d)(self.F * self.C, hidden, self.block_1d_type, **kw, conv_impl=self.conv_impl,
+      x = remat(TimeContextBlock1d)(self.F * self.C, hidden, self.block_1d_type, **kw,
                                     name="time_context")(
           x, train)
     return x
@@ -397,7 +381,6 @@ class ReDimNetBackbone(nn.Module, _Layers):
   remat_policy: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, spec: jax.Array, train: bool = False):
@@ -408,7 +391,7 @@ class ReDimNetBackbone(nn.Module, _Layers):
     c, f = self.C, self.F
     for i, (stride, num_blocks, conv_exp, _kernel_sizes, att_block_red) in enumerate(self.stages_setup):
       x = Stage(self.F, self.C, f, c, stride, num_blocks, conv_exp, att_block_red, self.block_2d_type,
-                self.block_1d_type, self.group_divisor, self.remat_policy, **kw, conv_impl=self.conv_impl,
+                self.block_1d_type, self.group_divisor, self.remat_policy, **kw,
                 name=f"stage{i}")(
                     tuple(outputs), train)
       if self.feat_agg_dropout > 0:
@@ -502,8 +485,8 @@ class ReDimNet(nn.Module, _Layers):
   # Not official arguments: how to run it.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
   remat_policy: str = "none"
+  layer_forms: str = "auto"  # `vqax.ops.forms`: XLA's own layers or the XLA:CPU reformulations
 
   def setup(self):
     _validate(self)
@@ -511,8 +494,7 @@ class ReDimNet(nn.Module, _Layers):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.backbone = ReDimNetBackbone(self.F, self.C, self.stages_setup, self.block_1d_type,
                                      self.block_2d_type, self.group_divisor, self.out_channels,
-                                     self.feat_agg_dropout, self.remat_policy, **kw,
-                                     conv_impl=self.conv_impl)
+                                     self.feat_agg_dropout, self.remat_policy, **kw)
     pool_dim = self.F * self.C if self.out_channels is None else self.out_channels
     pool_cls = ASTP if self.pooling_func == "ASTP" else TSTP
     self.pool = pool_cls(pool_dim, global_context_att=self.global_context_att, **kw)
@@ -529,6 +511,10 @@ class ReDimNet(nn.Module, _Layers):
 
   def embed_features(self, spec: jax.Array, train: bool = False):
     """Same as `__call__` from precomputed log-mel features [B, F, T] (the official `spec` output)."""
+    with ops.forms.use(self.layer_forms):
+      return self._embed(spec, train)
+
+  def _embed(self, spec, train):
     frames, outputs_1d = self.backbone(spec, train)
     pooled = self.pool(frames)
     x = self.bn(pooled, use_running_average=not train)

@@ -4,51 +4,43 @@ Encoder 1 -> 32 -> 64 -> 96 channels by stride-2 convolutions (64x64 -> 8x8), a 
 vector quantisation, and a mirrored decoder (8x8 -> 64x64 by stride-2 transposed convolutions, then a 3x3
 conv to one channel). Channels-last throughout. With remat on, each down/up block is rematerialised and the
 encoder and decoder run over `remat_groups` groups of patches in turn (patches are independent; see
-`vqax.memory.remat.grouped_remat` for why the blocks alone save nothing here).
+`vqax.models.remat.grouped_remat` for why the blocks alone save nothing here).
 """
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from vqax.memory.remat import grouped_remat, maybe_remat
-from vqax.models import conv
+from vqax import ops
 from vqax.models.downsample import Downsample2x
 from vqax.models.quantizer import VectorQuantizer
+from vqax.models.remat import grouped_remat, maybe_remat
 from vqax.models.upsample import Upsample2x
 
 
-def conv3x3(features: int, name: str, dtype, conv_impl: str = "auto") -> nn.Conv:
-  """3x3 'SAME' nn.Conv, run by `vqax.models.conv` unless conv_impl is "xla"."""
-  conv_fn = conv.conv_general_dilated if conv.pass_impls(conv_impl) is None else None
-  return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, conv_general_dilated=conv_fn, name=name)
+def conv3x3(features: int, name: str, dtype) -> nn.Conv:
+  return ops.Conv(features, (3, 3), padding="SAME", dtype=dtype, name=name)
 
 
 class DownBlock(nn.Module):
   """Conv 4x4 stride 2 (PyTorch padding 1) + ReLU: halves height and width."""
   features: int
-  downsample_impl: str = "space_to_depth"
-  conv_impl: str = "auto"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     # Named as the nn.Conv this layer used to be, so earlier checkpoints keep their parameter paths.
-    x = Downsample2x(self.features, self.downsample_impl, self.dtype, conv_impl=self.conv_impl, name="Conv_0")(x)
-    return nn.relu(x)
+    return nn.relu(Downsample2x(self.features, dtype=self.dtype, name="Conv_0")(x))
 
 
 class UpBlock(nn.Module):
   """Transposed conv 4x4 stride 2 + ReLU: doubles height and width."""
   features: int
-  upsample_impl: str = "polyphase"
-  conv_impl: str = "auto"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return nn.relu(Upsample2x(self.features, impl=self.upsample_impl, dtype=self.dtype, conv_impl=self.conv_impl)(x))
+    return nn.relu(Upsample2x(self.features, dtype=self.dtype)(x))
 
 
 class Encoder(nn.Module):
@@ -56,32 +48,28 @@ class Encoder(nn.Module):
   latent_dim: int = 64
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
-  downsample_impl: str = "space_to_depth"
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     block = maybe_remat(DownBlock, self.remat_policy)
     for i, features in enumerate(self.channels):
-      x = block(features, self.downsample_impl, self.conv_impl, self.dtype, name=f"down{i}")(x)
-    return conv3x3(self.latent_dim, "to_latent", self.dtype, self.conv_impl)(x)
+      x = block(features, self.dtype, name=f"down{i}")(x)
+    return conv3x3(self.latent_dim, "to_latent", self.dtype)(x)
 
 
 class Decoder(nn.Module):
   channels: Sequence[int] = (96, 64, 32)
   out_channels: int = 1
-  upsample_impl: str = "polyphase"
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z):
     block = maybe_remat(UpBlock, self.remat_policy)
     x = z
     for i, features in enumerate(self.channels):
-      x = block(features, self.upsample_impl, self.conv_impl, self.dtype, name=f"up{i}")(x)
-    return conv3x3(self.out_channels, "to_output", self.dtype, self.conv_impl)(x)
+      x = block(features, self.dtype, name=f"up{i}")(x)
+    return conv3x3(self.out_channels, "to_output", self.dtype)(x)
 
 
 class VQVAE(nn.Module):
@@ -92,28 +80,26 @@ class VQVAE(nn.Module):
   encoder_channels: Sequence[int] = (32, 64, 96)
   latent_dim: int = 64
   num_embeddings: int = 128
-  upsample_impl: str = "polyphase"
   dtype: jnp.dtype = jnp.float32
   remat_policy: str = "none"
   remat_groups: int = 1
-  downsample_impl: str = "space_to_depth"
-  conv_impl: str = "auto"
+  layer_forms: str = "auto"  # `vqax.ops.forms`: XLA's own layers or the XLA:CPU reformulations
 
   def setup(self):
-    self.encoder = Encoder(self.encoder_channels, self.latent_dim, self.dtype, self.remat_policy,
-                           self.downsample_impl, self.conv_impl)
+    self.encoder = Encoder(self.encoder_channels, self.latent_dim, self.dtype, self.remat_policy)
     self.quantizer = VectorQuantizer(self.num_embeddings, self.latent_dim)
-    self.decoder = Decoder(tuple(reversed(self.encoder_channels)), 1, self.upsample_impl, self.dtype,
-                           self.remat_policy, self.conv_impl)
+    self.decoder = Decoder(tuple(reversed(self.encoder_channels)), 1, self.dtype, self.remat_policy)
 
   def encode(self, x):
     """Patches -> (quantised latents, aux with codes); used by scoring without decoding."""
-    # The quantizer sees every patch at once: its code statistics are over the whole batch.
-    z = grouped_remat(lambda m, xg: m.encoder(xg.astype(m.dtype)), self, x, self.remat_groups, self.remat_policy)
-    return self.quantizer(z)
+    with ops.forms.use(self.layer_forms):
+      # The quantizer sees every patch at once: its code statistics are over the whole batch.
+      z = grouped_remat(lambda m, xg: m.encoder(xg.astype(m.dtype)), self, x, self.remat_groups, self.remat_policy)
+      return self.quantizer(z)
 
   def __call__(self, x):
     quantized, aux = self.encode(x)
-    reconstruction = grouped_remat(lambda m, q: m.decoder(q.astype(m.dtype)), self, quantized, self.remat_groups,
-                                   self.remat_policy)
+    with ops.forms.use(self.layer_forms):
+      reconstruction = grouped_remat(lambda m, q: m.decoder(q.astype(m.dtype)), self, quantized, self.remat_groups,
+                                     self.remat_policy)
     return reconstruction.astype(jnp.float32), aux

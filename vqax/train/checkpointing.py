@@ -29,7 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vqax.errors import CheckpointError
-from vqax.tasks.base import path_names
+from vqax.train.step import path_names
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,19 @@
-"""The generic trainer: one loop for every task (VQ-VAE, ReDimNet-MRL).
+"""The generic trainer: one loop for every task.
 
-`train(config, workdir)` builds the task, restores the newest checkpoint in `workdir` if any, and trains
-to `epochs`, compiling the step once per phase in one place (`compile_train_step`). Every process runs
-this same function; only process 0 prints and writes TensorBoard and `metrics.jsonl` (one line per logged
-step; a resumed run first drops the lines past its checkpoint, so the file stays one curve).
+`train(config, workdir, task)` prepares the task's data, builds its program, restores the newest checkpoint
+in `workdir` if any, and trains to `epochs`, compiling the step once per phase in one place
+(`Trainer.compile_train_step`). Every process runs this same function; only process 0 prints and writes
+TensorBoard and `metrics.jsonl` (one line per logged step; a resumed run first drops the lines past its
+checkpoint, so the file stays one curve).
 Reliability: SIGTERM/SIGINT finish the step, checkpoint and return; a run killed outright resumes from its
 newest readable checkpoint, bit-exact; non-finite steps are skipped (counted) or halt the run
-(config.nonfinite), and parameters are checked finite before every save.
+(config.nonfinite), and parameters are checked finite before every save. A step that runs out of device
+memory raises `on_out_of_memory(config, workdir, error)` when given (the CLI passes the planner's report).
 """
 import dataclasses
 import logging
 import pathlib
 import signal
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,34 +21,24 @@ import numpy as np
 
 from vqax import config_loading
 from vqax.errors import CheckpointError, ConfigError, VqaxError
-from vqax.tasks.base import Phase, total_steps
 from vqax.train import distributed
 from vqax.train import sharding as sharding_lib
 from vqax.train.checkpointing import Checkpointer, abstract_like
 from vqax.train.metrics_log import MetricsLog
 from vqax.train.monitoring import Monitor
-from vqax.train.optimizer import make_optimizer
 from vqax.train.state import TrainState
-from vqax.train.step import bind_train_step
+from vqax.train.task import BatchSizes, DataInfo, Phase, Program, Task, total_steps
 
 log = logging.getLogger(__name__)
 
 # Config groups that change the parameter structure: a checkpoint from another value cannot be resumed.
 STRUCTURAL_KEYS = ("task", "model")
+# Fields of those groups that change how the step runs, not what it computes or holds.
+RUN_ONLY_MODEL_FIELDS = ("layer_forms",)
 
 
 class NonFiniteError(VqaxError):
   """Training halted on a non-finite loss or gradient (nonfinite="halt")."""
-
-
-def build_task(config):
-  if config.task == "vqvae":
-    from vqax.tasks.vqvae import VQVAETask
-    return VQVAETask(config)
-  if config.task == "redimnet_mrl":
-    from vqax.tasks.redimnet_mrl import ReDimNetMRLTask
-    return ReDimNetMRLTask(config)
-  raise ConfigError(f"task={config.task!r}: expected 'vqvae' or 'redimnet_mrl'")
 
 
 def prepare_workdir(workdir, config) -> pathlib.Path:
@@ -65,7 +55,7 @@ def prepare_workdir(workdir, config) -> pathlib.Path:
   if saved.exists() and (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
     previous = config_loading.config_from_json(saved.read_text())
     for key in STRUCTURAL_KEYS:
-      if key in previous and config_loading.config_to_json(previous[key]) != config_loading.config_to_json(config[key]):
+      if key in previous and _structure(previous[key]) != _structure(config[key]):
         raise CheckpointError(
             f"--workdir {workdir} holds checkpoints of a different '{key}' config; use a new --workdir "
             f"or the original settings (saved in {saved})")
@@ -75,6 +65,13 @@ def prepare_workdir(workdir, config) -> pathlib.Path:
   return workdir
 
 
+def _structure(group) -> str:
+  value = group.to_dict() if hasattr(group, "to_dict") else group
+  if isinstance(value, dict):
+    value = {k: v for k, v in value.items() if k not in RUN_ONLY_MODEL_FIELDS}
+  return config_loading.config_to_json(value)
+
+
 def phase_at(phases: list[Phase], step: int) -> Phase:
   for phase in phases:
     if phase.start_step <= step < phase.end_step:
@@ -82,56 +79,63 @@ def phase_at(phases: list[Phase], step: int) -> Phase:
   return phases[-1]
 
 
+def mesh_platform(mesh) -> str:
+  """"cpu", "gpu" or "tpu": what the step is compiled for (a GPU target's devices on a CPU host say gpu)."""
+  platform = mesh.devices.flat[0].platform
+  return "gpu" if platform in ("cuda", "rocm") else platform
+
+
 @dataclasses.dataclass
 class Trainer:
   """The pieces of one training run, built once and shared by the loop, tests and the planner."""
   config: object
-  task: object
+  program: Program
+  info: DataInfo
+  batch: BatchSizes
   mesh: jax.sharding.Mesh
   tx: object
   schedule: object
   state_shardings: object
   batch_sharding: object
-  steps_per_epoch: int
   total_steps: int
   phases: list
 
-  def init_state(self, batch_spec) -> TrainState:
-    def init(rng):
-      init_rng, state_rng = jax.random.split(rng)
-      variables = self.task.init_variables(init_rng, batch_spec)
-      params = variables.pop("params")
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                        opt_state=self.tx.init(params), rng=state_rng,
-                        nonfinite_steps=jnp.zeros((), jnp.int32))
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.info.steps_per_epoch
+
+  def batch_spec(self):
+    return self.program.batch_spec(self.batch.global_batch)
+
+  def init_state(self) -> TrainState:
+    init = lambda rng: self.program.init_state(rng, self.batch_spec(), self.tx)
     return jax.jit(init, out_shardings=self.state_shardings)(jax.random.PRNGKey(int(self.config.seed)))
+
+  def abstract_state(self):
+    """ShapeDtypeStructs (with shardings) of the train state: what a checkpoint restores into."""
+    return abstract_like(jax.eval_shape(self.init_state), self.state_shardings)
 
   def compile_train_step(self, phase: Phase):
     """The one place the step is jitted: explicit shardings, state donated (updated in place)."""
-    return jax.jit(bind_train_step(self.task, self.tx, phase),
-                   in_shardings=(self.state_shardings, self.batch_sharding),
+    def step(state, batch):
+      return self.program.train_step(state, batch, tx=self.tx, phase=phase)
+    return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                    out_shardings=(self.state_shardings, None), donate_argnums=0)
 
 
-def make_trainer(config, task, steps_per_epoch: int, devices=None) -> Trainer:
-  mesh = sharding_lib.make_mesh(devices)
-  n_steps = total_steps(config, steps_per_epoch)
-  tx, schedule = make_optimizer(config, n_steps)
-  phases = task.phases(steps_per_epoch, n_steps)
-  batch_spec = task.batch_spec(config.batch_size * mesh.size)
-  abstract = jax.eval_shape(
-      lambda rng: _abstract_state(task, tx, rng, batch_spec), jax.random.PRNGKey(0))
+def make_trainer(config, task: Task, info: DataInfo, *, mesh=None) -> Trainer:
+  """Build `task`'s program for `info` on `mesh` (default: every device) with its optimizer and shardings."""
+  mesh = mesh if mesh is not None else sharding_lib.make_mesh()
+  batch = BatchSizes.for_mesh(config, mesh)
+  program = task.build(info, mesh_platform(mesh))
+  n_steps = total_steps(config, info.steps_per_epoch)
+  tx, schedule = program.make_optimizer(n_steps)
+  abstract = jax.eval_shape(lambda rng: program.init_state(rng, program.batch_spec(batch.global_batch), tx),
+                            jax.random.PRNGKey(0))
   state_sh = sharding_lib.state_shardings(mesh, abstract, bool(config.get("shard_params", False)),
                                           bool(config.get("shard_opt_state", False)))
-  return Trainer(config, task, mesh, tx, schedule, state_sh, sharding_lib.batch_sharding(mesh), steps_per_epoch,
-                 n_steps, phases)
-
-
-def _abstract_state(task, tx, rng, batch_spec):
-  variables = task.init_variables(rng, batch_spec)
-  params = variables.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                    opt_state=tx.init(params), rng=jax.random.PRNGKey(0), nonfinite_steps=jnp.zeros((), jnp.int32))
+  return Trainer(config, program, info, batch, mesh, tx, schedule, state_sh, sharding_lib.batch_sharding(mesh),
+                 n_steps, program.phases(n_steps))
 
 
 class _StopRequest:
@@ -159,33 +163,31 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def train(config, workdir, *, task=None, max_steps: int | None = None, progress: bool = True) -> dict:
-  """Train `config` in `workdir`, resuming from its newest checkpoint. Returns a summary dict.
+def train(config, workdir, task: Task, *, max_steps: int | None = None, progress: bool = True,
+          on_out_of_memory=None, devices=None) -> dict:
+  """Train `config` with `task` in `workdir`, resuming from its newest checkpoint. Returns a summary dict.
 
   max_steps stops early after that global step (tests, benchmarks); the schedule still spans the config.
+  on_out_of_memory(config, workdir, error) -> exception to raise when a step runs out of device memory.
   """
   distributed.maybe_initialize(config)  # multi-host: before anything touches a device
   workdir = prepare_workdir(workdir, config)
-  task = task or build_task(config)
-  data = task.prepare_data(workdir)
-  trainer = make_trainer(config, task, data.steps_per_epoch)
-  mesh = trainer.mesh
-  accumulation = int(config.gradient_accumulation_steps)
-  global_batch = int(config.batch_size) * mesh.size * accumulation
+  mesh = sharding_lib.make_mesh(devices)
+  batch = BatchSizes.for_mesh(config, mesh)
+  data = task.prepare_data(workdir, batch)
+  trainer = make_trainer(config, task, data.info, mesh=mesh)
   if jax.process_index() == 0:
     print(f"[vqax] {task.name}: {mesh.size} device(s) x {jax.process_count()} process(es); global batch = "
-          f"{config.batch_size} per device x {mesh.size} devices x {accumulation} accumulation = {global_batch}; "
-          f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps; "
+          f"{batch.per_device} per device x {batch.devices} devices x {batch.accumulation} accumulation = "
+          f"{batch.effective}; {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps; "
           f"{sharding_lib.describe(config)}", flush=True)
 
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=int(config.keep_checkpoints))
   data_iterator = iter(data.loader)
-  abstract = abstract_like(jax.eval_shape(lambda: trainer.init_state(task.batch_spec(config.batch_size * mesh.size))),
-                           trainer.state_shardings)
-  state, restored_step = checkpointer.restore(abstract, data_iterator, set_aside_unreadable=True)
+  state, restored_step = checkpointer.restore(trainer.abstract_state(), data_iterator, set_aside_unreadable=True)
   if state is None:
     data_iterator = iter(data.loader)  # a failed restore may have moved the iterator: start it afresh
-    state = trainer.init_state(task.batch_spec(config.batch_size * mesh.size))
+    state = trainer.init_state()
   elif jax.process_index() == 0:
     print(f"[vqax] resumed from {checkpointer.directory / str(restored_step)} at step {restored_step}", flush=True)
 
@@ -202,10 +204,10 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
     with _StopRequest() as stop:
       for step in range(start, end):
         phase = phase_at(trainer.phases, step)
-        batch = sharding_lib.global_batch(mesh, next(data_iterator))
+        global_batch = sharding_lib.global_batch(mesh, next(data_iterator))
         if phase.name not in compiled:
-          compiled[phase.name] = _compile_step(trainer, phase, state, batch)
-        state, metrics = _run_step(compiled[phase.name], state, batch, config, workdir)
+          compiled[phase.name] = _compile_step(trainer, phase, state, global_batch)
+        state, metrics = _run_step(compiled[phase.name], state, global_batch, config, workdir, on_out_of_memory)
         pending.append(metrics)
         monitor.step()
         done = step + 1
@@ -218,7 +220,7 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
         if log_now:
           scalars = _mean_scalars(pending, config, step=done)
           pending = []
-          scalars["learning_rate"] = float(trainer.schedule(max(done - 1, 0) // accumulation))
+          scalars["learning_rate"] = float(trainer.schedule(max(done - 1, 0) // batch.accumulation))
           scalars = monitor.log(done, scalars, data.samples_per_step)
           history.append(dict(scalars, step=done, phase=phase.name))
           metrics_log.append(history[-1])
@@ -254,18 +256,19 @@ def _compile_step(trainer, phase, state, batch):
   return step_fn
 
 
-def _run_step(step_fn, state, batch, config, workdir):
+def _run_step(step_fn, state, batch, config, workdir, on_out_of_memory):
   try:
     return step_fn(state, batch)
   except jax.errors.JaxRuntimeError as e:
-    from vqax.memory import oom
-    if not oom.is_out_of_memory(e):
+    if on_out_of_memory is None or not is_out_of_memory(e):
       raise
     # Nothing is saved past this point: the donated state is gone, the last checkpoint stays the newest.
-    error = oom.out_of_memory_error(config, workdir, e)
-    if jax.process_index() == 0:
-      print(error.report, file=sys.stderr, flush=True)
-    raise error from None
+    raise on_out_of_memory(config, workdir, e) from None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """An XLA allocation failure (RESOURCE_EXHAUSTED) rather than another runtime error."""
+  return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
 
 
 def _halt_if_nonfinite(pending: list[dict], done: int, checkpointer, last_saved) -> None:

@@ -10,39 +10,36 @@ Phases (lengths in epochs from the config):
   2 "full":     reconstruction + codebook + commitment; everything trains.
   3 "frozen_codebook": full loss; the codebook is frozen, encoder and decoder keep adapting to it.
 """
+import dataclasses
 import logging
 import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vqax.audio.features import LogMelConfig
 from vqax.data import dcase, dcase_loader
 from vqax.errors import ConfigError, DataError
-from vqax.memory.policy import memory_settings
-from vqax.models.conv import CONV_IMPLS
-from vqax.models.downsample import DOWNSAMPLE_IMPLS
-from vqax.models.upsample import UPSAMPLE_IMPLS
+from vqax.models.precision import memory_settings
 from vqax.models.vqvae import VQVAE
-from vqax.tasks.base import Phase, TrainData
+from vqax.ops import forms
 from vqax.train import distributed
+from vqax.train.task import BatchSizes, DataInfo, Phase, Program, Task, TrainData
 
 log = logging.getLogger(__name__)
 
 
-def build_model(config) -> VQVAE:
+def build_model(config, platform: str | None = None) -> VQVAE:
+  """The VQ-VAE the config describes, with layer forms for `platform` (default: JAX's default backend)."""
   memory = memory_settings(config)
   m = config.model
-  choices = {"upsample_impl": UPSAMPLE_IMPLS, "downsample_impl": DOWNSAMPLE_IMPLS,
-             "conv_impl": CONV_IMPLS}
-  impls = {key: m.get(key, valid[0]) for key, valid in choices.items()}  # older configs lack the newer keys
-  for key, value in impls.items():
-    if value not in choices[key]:
-      raise ConfigError(f"model.{key}={value!r}: expected one of {', '.join(choices[key])}")
+  setting = m.get("layer_forms", "auto")  # workdirs from before layer_forms have none: auto
+  if setting not in forms.LAYER_FORMS:
+    raise ConfigError(f"model.layer_forms={setting!r}: expected one of {', '.join(forms.LAYER_FORMS)}")
   return VQVAE(encoder_channels=tuple(m.encoder_channels), latent_dim=int(m.latent_dim),
                num_embeddings=int(m.num_embeddings), dtype=memory.dtype, remat_policy=memory.remat_policy,
-               remat_groups=memory.remat_groups, **impls)
+               remat_groups=memory.remat_groups,
+               layer_forms=forms.resolve(setting, platform or jax.default_backend()))
 
 
 def feature_config(config) -> LogMelConfig:
@@ -69,6 +66,9 @@ def validate_config(config) -> None:
     raise ConfigError(f"nonfinite={config.nonfinite!r}: expected skip or halt")
   if int(config.model.latent_dim) <= 0 or int(config.model.num_embeddings) <= 1:
     raise ConfigError("model.latent_dim must be > 0 and model.num_embeddings > 1")
+  if config.model.layer_forms not in forms.LAYER_FORMS:
+    raise ConfigError(f"model.layer_forms={config.model.layer_forms!r}: expected one of "
+                      f"{', '.join(forms.LAYER_FORMS)}")
   memory_settings(config)
 
 
@@ -97,19 +97,31 @@ def load_train_features(records, feature_config, cache_dir, skip_bad_files):
   return kept, features, bad
 
 
-class VQVAETask:
+class VQVAETask(Task):
   name = "vqvae"
+  flag_aliases = {"n_patches": "n_patches", "stride": "stride", "machine_type": "machine_type",
+                  "norm_stats_path": "norm_stats_path"}
+  fit_fields = ("batch_size", "n_patches")
+  commands = "vqax.tasks.vqvae.commands"
+  demo_config = str(pathlib.Path(__file__).resolve().parents[3] / "configs" / "vqvae_dcase.py") + ":demo"
+  demo_data_root = "data/synth_dcase"
+
+  @classmethod
+  def make_demo_data(cls, data_root: str) -> None:
+    from vqax.data.synth_dcase import generate_dcase
+    generate_dcase(data_root, seed=0)  # a no-op when the same set is already there
+
+  @classmethod
+  def evaluate_demo(cls, workdir: str):
+    from vqax.tasks.vqvae.scoring import score_workdir
+    return score_workdir(workdir)
 
   def __init__(self, config):
     validate_config(config)
-    self.config = config
-    self.model = build_model(config)
+    super().__init__(config)
     self.feature_config = feature_config(config)
-    self.steps_per_epoch = None
 
-  # --- data ------------------------------------------------------------------------------------------
-
-  def prepare_data(self, workdir) -> TrainData:
+  def prepare_data(self, workdir, batch: BatchSizes) -> TrainData:
     c = self.config
     machine_types = dcase.resolve_machine_types(c.data_root, c.machine_type)
     records = dcase.list_clips(c.data_root, machine_types, "train")
@@ -133,23 +145,32 @@ class VQVAETask:
       distributed.barrier("norm stats written")
       norm_stats = dcase.load_norm_stats(stats_path, machine_types)
     del features
-    global_batch = int(c.batch_size) * jax.device_count()
-    self.steps_per_epoch = max(1, len(records) // global_batch)
-    local_batch = int(c.batch_size) * jax.local_device_count()
-    loader = dcase_loader.train_loader(records, norm_stats, batch_size=local_batch, n_patches=int(c.n_patches),
-                                       stride=int(c.stride), seed=int(c.seed), worker_count=int(c.worker_count),
-                                       cache_dir=c.feature_cache_dir or None, feature_config=self.feature_config)
+    steps_per_epoch = max(1, len(records) // batch.global_batch)
+    loader = dcase_loader.train_loader(records, norm_stats, batch_size=batch.per_process,
+                                       n_patches=int(c.n_patches), stride=int(c.stride), seed=int(c.seed),
+                                       worker_count=int(c.worker_count), cache_dir=c.feature_cache_dir or None,
+                                       feature_config=self.feature_config)
     summary = {"machine_types": machine_types, "train_clips": len(records), "bad_files": bad,
                "norm_stats_path": str(stats_path)}
-    return TrainData(loader, self.steps_per_epoch, samples_per_step=global_batch * int(c.n_patches),
+    return TrainData(loader, DataInfo(steps_per_epoch), samples_per_step=batch.global_batch * int(c.n_patches),
                      sample_unit="patches", summary=summary)
+
+  def build(self, info: DataInfo, platform: str) -> "VQVAEProgram":
+    return VQVAEProgram(self.config, build_model(self.config, platform), info.steps_per_epoch)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VQVAEProgram(Program):
+  config: object
+  model: VQVAE
+  steps_per_epoch: int
 
   def batch_spec(self, global_batch: int):
     return {"patches": jax.ShapeDtypeStruct((global_batch, int(self.config.n_patches), 64, 64, 1), jnp.float32)}
 
   # --- model and loss --------------------------------------------------------------------------------
 
-  def init_variables(self, rng, batch):
+  def init_variables(self, rng, batch_spec):
     variables = dict(self.model.init(rng, jnp.zeros((1, 64, 64, 1), jnp.float32)))
     k, d = int(self.config.model.num_embeddings), int(self.config.model.latent_dim)
     # Codebook bookkeeping for dead-code revival: usage starts at zero, so the first step seeds every
@@ -157,11 +178,10 @@ class VQVAETask:
     variables["vq"] = {"usage": jnp.zeros((k,), jnp.float32), "recent_latents": jnp.zeros((k, d), jnp.float32)}
     return variables
 
-  def phases(self, steps_per_epoch: int, total_steps: int) -> list[Phase]:
-    self.steps_per_epoch = steps_per_epoch
+  def phases(self, total_steps: int) -> list[Phase]:
     c = self.config
-    p1_end = int(c.phase1_epochs) * steps_per_epoch
-    p3_start = total_steps - int(c.phase3_epochs) * steps_per_epoch
+    p1_end = int(c.phase1_epochs) * self.steps_per_epoch
+    p3_start = total_steps - int(c.phase3_epochs) * self.steps_per_epoch
     return [
         Phase("vq_only", 0, p1_end, (lambda path: path[0] in ("encoder", "quantizer")) if c.phase1_train_encoder
               else (lambda path: path[0] == "quantizer")),
@@ -173,7 +193,7 @@ class VQVAETask:
     patches = batch["patches"].reshape(-1, 64, 64, 1)
     reconstruction, aux = self.model.apply({"params": params}, patches)
     recon_loss = jnp.mean((reconstruction - patches) ** 2)
-    beta = commitment_weight(self.config, step, self.steps_per_epoch or 1)
+    beta = commitment_weight(self.config, step, self.steps_per_epoch)
     vq_loss = aux["codebook_loss"] + beta * aux["commitment_loss"]
     loss = vq_loss if phase.name == "vq_only" else recon_loss + vq_loss
     model_state = self._track_codes(model_state, aux, rng)

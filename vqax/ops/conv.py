@@ -17,9 +17,11 @@ A grouped convolution that sums several inputs per output runs on XLA:CPU as a d
 its channel pairs followed by a 0/1 matmul (`summed_pairs_conv`), so that XLA cannot recompute it inside
 its consumers.
 
-Use `conv_general_dilated` through `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: parameters
-are unchanged. Cases outside these forms (dilations, batch groups, channels-first layouts) go to XLA.
+Models reach this through `vqax.ops.Conv` (an nn.Conv with these forms where `vqax.ops.forms` says so):
+parameters are unchanged. Cases outside these forms (dilations, batch groups, channels-first layouts) go to XLA.
 """
+import contextlib
+import contextvars
 import functools
 from typing import Sequence
 
@@ -27,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqax.models.dense import materialized
+from vqax.ops import forms
+from vqax.ops.dense import materialized
 
-CONV_IMPLS = ("auto", "xla")
 PASS_IMPLS = ("xla", "gemm", "elementwise")
 # Below this many input x output channels per group a matmul is a sliver: multiply-adds instead.
 _ELEMENTWISE_MAX_CHANNELS = 16
@@ -47,7 +49,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   """lax.conv_general_dilated, with `conv`'s per-pass forms for channels-last undilated convolutions."""
   nd = lhs.ndim - 2
   dilated = any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-  if dilated or batch_group_count != 1 or preferred_element_type is not None or \
+  if not forms.cpu_forms() or dilated or batch_group_count != 1 or preferred_element_type is not None or \
       not _is_channels_last(dimension_numbers, nd):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -72,11 +74,36 @@ def _is_channels_last(dimension_numbers, nd: int) -> bool:
   return jax.lax.conv_dimension_numbers(shape, shape, dimension_numbers) == wanted
 
 
-def pass_impls(conv_impl: str):
-  """A model's `conv_impl` ("auto" or "xla") as `conv`'s `impls` argument."""
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"conv impl {conv_impl!r} is not one of {CONV_IMPLS}")
-  return None if conv_impl == "auto" else ("xla",) * 3
+# ----------------------------------------------------------------------------------------------------------
+# Overriding the choice (benchmarks and experiments; models never do)
+# ----------------------------------------------------------------------------------------------------------
+
+_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("vqax_conv_override", default=None)
+_JOINT_BACKWARD: dict = {}
+
+
+@contextlib.contextmanager
+def override_forms(rule):
+  """While tracing inside this, `choose_impls` returns `rule(x_shape, kernel_shape, strides, groups, chosen)`
+  instead of `chosen`: the public way for tools to try other forms (tools/ab_step.py) without patching."""
+  token = _OVERRIDE.set(rule)
+  try:
+    yield
+  finally:
+    _OVERRIDE.reset(token)
+
+
+@contextlib.contextmanager
+def joint_backward_form(name: str, backward):
+  """Register a form that computes both gradients at once: `backward(dy, x, kernel, strides, padding, groups)
+  -> (dx, dw)`, used where `choose_impls` (or an override) names `name` for both gradient passes."""
+  if name in PASS_IMPLS:
+    raise ValueError(f"{name!r} is a built-in form")
+  _JOINT_BACKWARD[name] = backward
+  try:
+    yield
+  finally:
+    _JOINT_BACKWARD.pop(name, None)
 
 
 def choose_impls(x_shape, kernel_shape, strides, groups: int) -> tuple[str, str, str]:
@@ -93,7 +120,13 @@ def choose_impls(x_shape, kernel_shape, strides, groups: int) -> tuple[str, str,
   A/Bs; ReDimNet-b4..b6's 1 -> 32 stem forward at batch 32 x 2 s: 7.9 ms against 16.2). 1x1 kernels keep
   the matmul, which has no shifted adds to save (ReDimNet's 10 -> 10 convolutions were not measured that way).
   """
-  if jax.default_backend() != "cpu":
+  chosen = _measured_choice(x_shape, kernel_shape, strides, groups)
+  rule = _OVERRIDE.get()
+  return chosen if rule is None else tuple(rule(x_shape, kernel_shape, strides, groups, chosen))
+
+
+def _measured_choice(x_shape, kernel_shape, strides, groups: int) -> tuple[str, str, str]:
+  if not forms.cpu_forms():
     # cuDNN / TPU convolutions run every pass (kernel gradients included) at matmul speed: keep XLA's.
     return "xla", "xla", "xla"
   nd = len(x_shape) - 2
@@ -116,9 +149,13 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, group
   `impls` = (forward, input gradient, kernel gradient) forms from PASS_IMPLS; None chooses by shape, and
   on XLA:CPU runs a grouped convolution that sums several inputs per output as `summed_pairs_conv`.
   """
-  if impls is None and sums_input_pairs(kernel.shape, groups):
-    return summed_pairs_conv(x, kernel, strides, padding, groups)
-  return conv_passes(x, kernel, strides, padding, groups, impls)
+  if impls is None:
+    if sums_input_pairs(kernel.shape, groups):
+      return summed_pairs_conv(x, kernel, strides, padding, groups)
+    # Chosen while the forward is traced, where the model's `vqax.ops.forms` setting is in force; the
+    # backward is traced later, outside it.
+    impls = choose_impls(x.shape, kernel.shape, strides, groups)
+  return conv_passes(x, kernel, strides, padding, groups, tuple(impls))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -136,6 +173,9 @@ def _conv_fwd(x, kernel, strides, padding, groups, impls):
 def _conv_bwd(strides, padding, groups, impls, residuals, dy):
   x, kernel = residuals
   _, dx_impl, dw_impl = impls or choose_impls(x.shape, kernel.shape, strides, groups)
+  if dx_impl == dw_impl and dx_impl in _JOINT_BACKWARD:
+    dx, dw = _JOINT_BACKWARD[dx_impl](dy, x, kernel, strides, padding, groups)
+    return dx.astype(x.dtype), dw.astype(kernel.dtype)
   dy = materialized(dy, enabled="elementwise" in (dx_impl, dw_impl) and _mixes_channels(kernel.shape, groups))
   dx = _INPUT_GRAD[dx_impl](dy, x, kernel, strides, padding, groups)
   dw = _KERNEL_GRAD[dw_impl](dy, x, kernel, strides, padding, groups)
@@ -257,7 +297,7 @@ def sums_input_pairs(kernel_shape, groups: int) -> bool:
   """Whether `conv` runs these shapes as `summed_pairs_conv`: on XLA:CPU, grouped, several inputs and few
   channel pairs per group (ReDimNet's channel squeeze)."""
   cin_group, cout_group = kernel_shape[-2], kernel_shape[-1] // groups
-  return (jax.default_backend() == "cpu" and groups > 1 and cin_group > 1 and
+  return (forms.cpu_forms() and groups > 1 and cin_group > 1 and
           cin_group * cout_group <= _PAIR_SUM_MAX_CHANNELS)
 
 
@@ -278,7 +318,8 @@ def summed_pairs_conv(x, kernel, strides, padding, groups):
   pairs = groups * cin_group * cout_group
   x_pairs = _pairs_from_input(x, groups, cin_group, cout_group)
   pair_kernel = _pair_kernel(kernel, groups).reshape(tuple(window) + (1, pairs))
-  y_pairs = conv_passes(x_pairs, pair_kernel, strides, padding, pairs, None)
+  y_pairs = conv(x_pairs, pair_kernel, strides, padding, pairs,
+               choose_impls(x_pairs.shape, pair_kernel.shape, strides, pairs))
   return jnp.dot(y_pairs, _pair_sum_matrix(groups, cin_group, cout_group, y_pairs.dtype))
 
 

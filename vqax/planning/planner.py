@@ -1,9 +1,9 @@
 """Memory planner: the compiled peak of the real train step, known before anything runs.
 
-The planner builds the same `Trainer` that training builds and lowers the same `compile_train_step(phase)`
-from shapes alone (state by `jax.eval_shape`, batch from `task.batch_spec`), so XLA reports the memory of
-the program training would run, on the backend at hand (the CPU here; the GPU/TPU where there is one). No
-data is read and nothing runs.
+The planner builds the same `Trainer` that training builds (the task's program for its `planning_info()`)
+and lowers the same `compile_train_step(phase)` from shapes alone (state by `jax.eval_shape`, batch from
+the program's `batch_spec`), so XLA reports the memory of the program training would run, on the backend at
+hand (the CPU here; the GPU/TPU where there is one). No data is read and nothing runs.
 
 Per device:  compiled peak = argument + output + temp - alias bytes (`Compiled.memory_analysis()`).
 Arguments split into parameters, model state, optimizer state, gradient accumulator (optax.MultiSteps'
@@ -22,22 +22,19 @@ import jax
 import numpy as np
 import optax
 
-from vqax import config_loading
+from vqax import config_loading, tasks
 from vqax.errors import ConfigError
-from vqax.memory.policy import memory_settings
-from vqax.memory.remat import DEFAULT_REMAT_POLICY
+from vqax.models.precision import memory_settings
+from vqax.models.remat import DEFAULT_REMAT_POLICY
+from vqax.train import sharding as sharding_lib
 from vqax.train import trainer as trainer_lib
-from vqax.train.checkpointing import abstract_like
 
 GiB = 2**30
-# The epoch length changes no shape; the planner needs one only to build the phases and the schedule.
-PLANNING_STEPS_PER_EPOCH = 1000
 # The accumulation variant splits each step's batch into up to this many micro-batches.
 ACCUMULATION_FACTOR = 4
 # Budget searches stop here: past it the answer is "more than you will want".
 MAX_SEARCH_SIZE = 1 << 16
 VARIANTS = ("plain", "bf16", "remat", "bf16+remat", "accumulation")
-FIT_FIELDS = ("batch_size", "n_patches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +43,7 @@ class MemoryPlan:
   variant: str
   flags: tuple[str, ...]  # what turns the base config into this one, as `vqax train` options
   batch_size: int  # per device and micro-step
-  n_patches: int
+  sizes: tuple[tuple[str, int], ...]  # the task's fit fields and their values, e.g. (("batch_size", 16), ...)
   accumulation_steps: int
   compute_dtype: str
   remat_policy: str
@@ -107,13 +104,19 @@ def accumulation_factor(batch_size: int) -> int:
 
 def with_flags(config, flags):
   """A copy of `config` with `vqax train` options applied (the training CLI's own parser)."""
-  return config_loading.apply_overrides(copy.deepcopy(config), list(flags))
+  return tasks.apply_overrides(copy.deepcopy(config), list(flags))
 
 
-def size_flags(field: str, size: int) -> list[str]:
-  if field not in FIT_FIELDS:
-    raise ConfigError(f"--fit {field}: expected one of {', '.join(FIT_FIELDS)}")
-  return [f"--{field}", str(int(size))]
+def fit_fields(config) -> tuple[str, ...]:
+  """What `--fit` may search for this config's task (batch_size first)."""
+  return tuple(tasks.task_class(config.task).fit_fields)
+
+
+def size_flags(field: str, size: int, config) -> list[str]:
+  fields = fit_fields(config)
+  if field not in fields:
+    raise ConfigError(f"--fit {field}: expected one of {', '.join(fields)} for task {config.task!r}")
+  return [tasks.flag_for(config, field), str(int(size))]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,24 +130,18 @@ def planning_phase(phases):
 
 def abstract_inputs(trainer):
   """ShapeDtypeStructs (with shardings) of the step's arguments: train state and one global batch."""
-  batch_spec = trainer.task.batch_spec(int(trainer.config.batch_size) * trainer.mesh.size)
-  state = abstract_like(jax.eval_shape(lambda: trainer.init_state(batch_spec)), trainer.state_shardings)
+  batch_spec = trainer.batch_spec()
+  state = trainer.abstract_state()
   batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.batch_sharding),
                        batch_spec)
   return state, batch
 
 
-PLANNING_NUM_CLASSES = 5994  # VoxCeleb2 dev speakers (shared/SPEC.md section 3)
-
-
 def lower_train_step(config, *, task=None, devices=None):
   """(trainer, lowered step, abstract state, abstract batch): training's own jit, lowered from shapes."""
-  task = task or trainer_lib.build_task(config)
-  if getattr(task, "num_classes", 0) is None:
-    # Speaker tasks infer the class count from the data; a plan reads no data, so it sizes the class-weight
-    # matrix for VoxCeleb2 dev (set --config.num_classes to plan for another count).
-    task.num_classes = PLANNING_NUM_CLASSES
-  trainer = trainer_lib.make_trainer(config, task, PLANNING_STEPS_PER_EPOCH, devices=devices)
+  task = task or tasks.create(config)
+  mesh = sharding_lib.make_mesh(devices)
+  trainer = trainer_lib.make_trainer(config, task, task.planning_info(), mesh=mesh)
   state, batch = abstract_inputs(trainer)
   lowered = trainer.compile_train_step(planning_phase(trainer.phases)).lower(state, batch)
   return trainer, lowered, state, batch
@@ -167,7 +164,8 @@ def plan(config, variant: str = "config", flags=(), *, devices=None) -> MemoryPl
   memory = memory_settings(config)
   return MemoryPlan(
       variant=variant, flags=tuple(flags), batch_size=int(config.batch_size),
-      n_patches=int(config.get("n_patches", 0)), accumulation_steps=int(config.gradient_accumulation_steps),
+      sizes=tuple((field, int(config[field])) for field in fit_fields(config)),
+      accumulation_steps=int(config.gradient_accumulation_steps),
       compute_dtype=memory.compute_dtype, remat_policy=memory.remat_policy,
       params=device_bytes(state.params), model_state=device_bytes(state.model_state),
       optimizer_state=device_bytes(optimizer_state), accumulator=device_bytes(accumulator),
@@ -294,7 +292,7 @@ def _aim(peaks, budget, lo, hi):
 
 def fit_budgets(config, budgets, *, field: str = "batch_size", variant: str = "config", flags=(), devices=None,
                 limit: int = MAX_SEARCH_SIZE, known: MemoryPlan | None = None) -> list[Fit]:
-  """For each budget (bytes per device), the largest `field` (batch_size or n_patches) within it.
+  """For each budget (bytes per device), the largest `field` (one of the task's fit fields) within it.
 
   The searches for several budgets share their compiles; `known`, a plan of `config` itself, saves one.
   """
@@ -304,7 +302,7 @@ def fit_budgets(config, budgets, *, field: str = "batch_size", variant: str = "c
     peaks[int(config[field])] = known.peak
 
   def peak_of(n):
-    size = size_flags(field, n)
+    size = size_flags(field, n, config)
     plans[n] = plan(with_flags(config, size), variant, tuple(flags) + tuple(size), devices=devices)
     return plans[n].peak
 
@@ -350,7 +348,8 @@ def format_plans(plans: dict[str, MemoryPlan]) -> str:
   ps = list(plans.values())
   rows = [["per device"] + list(plans),
           ["compute, remat"] + [f"{p.compute_dtype}, {p.remat_policy}" for p in ps],
-          ["batch x patches x accum."] + [f"{p.batch_size} x {p.n_patches} x {p.accumulation_steps}" for p in ps]]
+          [" x ".join(name for name, _ in ps[0].sizes) + " x accum."] +
+          [" x ".join(str(v) for _, v in p.sizes) + f" x {p.accumulation_steps}" for p in ps]]
   for label, attr in ROWS:
     values = [getattr(p, attr) for p in ps]
     if attr in ("model_state", "accumulator") and not any(values):

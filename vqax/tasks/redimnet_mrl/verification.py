@@ -23,7 +23,7 @@ from vqax.data import speakers
 from vqax.errors import DataError
 from vqax.eval import metrics, plots
 from vqax.models.mrl import CLASS_WEIGHTS
-from vqax.tasks.redimnet_mrl import build_model
+from vqax.tasks.redimnet_mrl.task import build_model
 from vqax.train.checkpointing import restore_trained
 
 

@@ -55,13 +55,35 @@ def environ_with_huge_pages(environ) -> dict | None:
   return {**environ, "GLIBC_TUNABLES": f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE}
 
 
+def accelerator_host(environ=None) -> bool:
+  """Whether JAX will run on a GPU or TPU here (told without importing JAX, which the restart must precede).
+
+  JAX_PLATFORMS decides when set; otherwise a GPU needs both an NVIDIA/ROCm driver and a JAX plugin for it,
+  and a TPU both its device files and libtpu.
+  """
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0] != "cpu"
+  import glob
+  import importlib.util
+  installed = lambda *names: any(importlib.util.find_spec(n) is not None for n in names)
+  nvidia = os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")
+  if nvidia and installed("jax_cuda12_plugin", "jax_cuda13_plugin"):
+    return True
+  if os.path.exists("/dev/kfd") and installed("jax_rocm60_plugin", "jax_rocm7_plugin"):
+    return True
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")) and installed("libtpu")
+
+
 def restart_with_huge_pages() -> None:
   """Replace this process by the same command with the hugetlb tunable set; returns if nothing to do.
 
+  Only on CPU hosts: huge pages help XLA:CPU's host buffers, and a GPU/TPU host keeps its process.
   Call only from a program's entry point (never from library code or a test process): the process image is
   replaced. `sys.orig_argv` repeats the interpreter's own options, `-m`/`-c` included.
   """
-  if not huge_pages_requested():
+  if not huge_pages_requested() or accelerator_host():
     return
   environ = environ_with_huge_pages(os.environ)
   if environ is None:

@@ -7,13 +7,15 @@ effective batch in micro-batches, and only then a smaller batch), and names the 
 fits the device.
 """
 import pathlib
+import sys
 
 import jax
 import psutil
 
 from vqax.errors import VqaxError
-from vqax.memory import planner
-from vqax.memory.policy import memory_settings
+from vqax.models.precision import memory_settings
+from vqax.planning import planner
+from vqax.train.trainer import is_out_of_memory  # noqa: F401  (re-exported: what counts as out of memory)
 
 # Plan against this share of the device: the allocator, the input pipeline's prefetched batches and
 # fragmentation need the rest.
@@ -27,10 +29,6 @@ class OutOfMemoryError(VqaxError):
   def __init__(self, message: str, report: str = ""):
     super().__init__(message)
     self.report = report
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-  return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
 
 
 def device_memory_bytes() -> int:
@@ -65,7 +63,8 @@ def candidate_changes(config):
 def smallest_fitting_change(config, budget: int, *, devices=None):
   """(flags, plan, what it keeps) of the first candidate change whose compiled peak is within `budget`.
 
-  Without one, the largest batch_size (then n_patches) that fits with memory_saver; None if nothing fits.
+  Without one, the largest batch_size (then the task's other fit fields) that fits with memory_saver; None if
+  nothing fits.
   """
   for flags, keeps in candidate_changes(config):
     candidate = planner.plan(planner.with_flags(config, flags), "change", flags, devices=devices)
@@ -73,14 +72,14 @@ def smallest_fitting_change(config, budget: int, *, devices=None):
       return flags, candidate, keeps
   memory = memory_settings(config)
   fixed = [] if memory.compute_dtype == "bfloat16" and memory.remat_policy != "none" else ["--memory_saver"]
-  for field in planner.FIT_FIELDS:
+  for field in planner.fit_fields(config):
     current = int(config.get(field, 1))
     if current > 1:
       fit, = planner.fit_budgets(planner.with_flags(config, fixed), [budget], field=field, flags=fixed,
                                  devices=devices, limit=current - 1)
       if fit.size:
-        return fixed + planner.size_flags(field, fit.size), fit.plan, "fewer samples per step: the effective batch changes"
-      fixed = fixed + planner.size_flags(field, 1)
+        return fixed + planner.size_flags(field, fit.size, config), fit.plan, "fewer samples per step: the effective batch changes"
+      fixed = fixed + planner.size_flags(field, 1, config)
   return None
 
 
@@ -125,3 +124,11 @@ def latest_checkpoint(directory: pathlib.Path) -> pathlib.Path | None:
     return None
   steps = [p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
   return max(steps, key=lambda p: int(p.name), default=None)
+
+
+def handle_out_of_memory(config, workdir, error: BaseException) -> OutOfMemoryError:
+  """The trainer's `on_out_of_memory`: print the plan report (process 0) and return the error to raise."""
+  oom = out_of_memory_error(config, workdir, error)
+  if jax.process_index() == 0:
+    print(oom.report, file=sys.stderr, flush=True)
+  return oom

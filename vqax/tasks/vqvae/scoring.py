@@ -16,7 +16,7 @@ import numpy as np
 from vqax.data import dcase
 from vqax.errors import DataError
 from vqax.eval import metrics, plots
-from vqax.tasks.vqvae import build_model, feature_config as feature_config_of
+from vqax.tasks.vqvae.task import build_model, feature_config as feature_config_of
 from vqax.train.checkpointing import restore_trained
 
 SCORE_METHODS = {"density": ("density",), "recon": ("recon",), "both": ("density", "recon")}

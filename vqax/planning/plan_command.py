@@ -1,11 +1,11 @@
 """`vqax plan`: per-device memory of the real train step, compiled from shapes, before any training.
 
   vqax plan --config configs/vqvae_dcase.py [--batch_size 16 --memory_saver ...]
-  vqax plan --config configs/vqvae_dcase.py --budget 8GiB [--fit n_patches]
+  vqax plan --config configs/vqvae_dcase.py --budget 8GiB [--fit n_patches]   (a field the task can fit)
 
 Prints parameters, optimizer state, accumulator, batch, temporaries and the compiled peak for the config and,
 side by side, its variants (plain, bf16, remat, bf16+remat, accumulation). With --budget, the largest
-per-device batch_size (or n_patches) within it for each variant and the `vqax train` command that uses it.
+per-device batch_size (or another of the task's fit fields) within it for each variant and the `vqax train` command that uses it.
 Compiles for the default JAX backend (--device cpu/gpu/tpu picks one); reads no data.
 """
 import json
@@ -15,32 +15,29 @@ import shlex
 
 from vqax.errors import ConfigError
 
-COMMAND_NAMES = ("plan",)
-
-
-def add_arguments(subparsers) -> None:
-  p = subparsers.add_parser("plan", help="compiled memory per device of the train step (no data, no training)")
+def add_arguments(p) -> None:
   p.add_argument("--config", default="configs/vqvae_dcase.py", help="config file, optionally :variant")
   p.add_argument("--budget", default=None, help="memory per device to fit, e.g. 8GiB or 512MiB")
-  p.add_argument("--fit", default="batch_size", choices=("batch_size", "n_patches"),
-                 help="what --budget searches (the other stays as configured)")
+  p.add_argument("--fit", default="batch_size",
+                 help="what --budget searches: batch_size or another of the task's fit fields (e.g. n_patches)")
   p.add_argument("--variants", default="plain,bf16,remat,bf16+remat,accumulation",
                  help="comma list of variants to show beside the config")
   p.add_argument("--json", default=None, help="also write the plans (and fits) to this JSON file")
 
 
 def run(args, extra) -> dict:
-  from vqax import cli, config_loading
-  from vqax.memory import planner
-  config = config_loading.apply_overrides(config_loading.load_config(args.config), extra)
-  cli._select_platform(config)  # pylint: disable=protected-access
+  from vqax import config_loading, platforms, tasks
+  from vqax.planning import planner
+  config = tasks.apply_overrides(config_loading.load_config(args.config), extra)
+  platforms.select_platform(config)
   variants = [v for v in args.variants.split(",") if v]
   for v in variants:
     if v not in planner.VARIANTS:
       raise ConfigError(f"--variants {v}: expected some of {', '.join(planner.VARIANTS)}")
   budget = planner.parse_bytes(args.budget) if args.budget else None
-  if args.fit not in config:
-    raise ConfigError(f"--fit {args.fit}: the config has no field {args.fit!r}")
+  if args.fit not in planner.fit_fields(config):
+    raise ConfigError(f"--fit {args.fit}: expected one of {', '.join(planner.fit_fields(config))} for task "
+                      f"{config.task!r}")
 
   plans = planner.plan_variants(config, variants)
   first = next(iter(plans.values()))
@@ -59,7 +56,7 @@ def run(args, extra) -> dict:
 
 
 def _fit_and_print(config, args, extra, variants, budget, plans) -> dict:
-  from vqax.memory import planner
+  from vqax.planning import planner
   print(f"\n[vqax] largest {args.fit} per device whose compiled peak fits {planner.format_bytes(budget)}:")
   rows = [["variant", args.fit, "compiled peak", f"at {args.fit} + 1", "compiles"]]
   commands, fits = [], {}
@@ -89,11 +86,11 @@ def _train_flags(config, variant, flags, field, size) -> list[str]:
   For accumulation the micro-batch was fitted; as many micro-steps follow as reach the config's effective
   batch (one when the micro-batch alone reaches it: no accumulator, so still within the budget).
   """
-  from vqax.memory import planner
+  from vqax.planning import planner
   if variant == "accumulation" and field == "batch_size":
     effective = int(config.batch_size) * int(config.gradient_accumulation_steps)
     steps = max(1, math.ceil(effective / size))
     keep = steps == int(config.gradient_accumulation_steps)
-    return (planner.variant_flags(config, "plain") + planner.size_flags(field, size)
+    return (planner.variant_flags(config, "plain") + planner.size_flags(field, size, config)
             + ([] if keep else ["--gradient_accumulation_steps", str(steps)]))
-  return list(flags) + planner.size_flags(field, size)
+  return list(flags) + planner.size_flags(field, size, config)

@@ -16,13 +16,15 @@ import math
 
 import jax
 
+from vqax.ops import forms
+
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
   """lax.dot_general, with x[..., C] @ W[C, D] computed as a 2-D matmul on XLA:CPU."""
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
   dense = (lhs.ndim > 2 and rhs.ndim == 2 and tuple(lhs_contract) == (lhs.ndim - 1,) and
            tuple(rhs_contract) == (0,) and not lhs_batch and not rhs_batch)
-  if not dense or jax.default_backend() != "cpu":
+  if not dense or not forms.cpu_forms():
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type, **kwargs)
   out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())), precision=precision,
@@ -40,7 +42,7 @@ def materialized(x: jax.Array, enabled: bool = True) -> jax.Array:
   computed once too. The identity is block-diagonal over channel blocks of up to 32 (a [32, 6, 134, 192]
   map: 2.5 ms in 32-blocks, 11 ms as one 192 x 192 matmul). Elsewhere x is returned unchanged.
   """
-  if not enabled or jax.default_backend() != "cpu":
+  if not enabled or not forms.cpu_forms():
     return x
   channels = x.shape[-1]
   block = math.gcd(channels, 32)

@@ -9,7 +9,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from vqax.errors import ConfigError
-from vqax.memory.remat import DEFAULT_REMAT_POLICY, REMAT_POLICIES
+from vqax.models.remat import DEFAULT_REMAT_POLICY, REMAT_POLICIES
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -1,0 +1,1 @@
+"""ReDimNet-MRL speaker embeddings: task, verification and commands."""
