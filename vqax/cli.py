@@ -16,6 +16,7 @@ import sys
 
 from vqax.errors import VqaxError
 from vqax.memory import host_allocator
+from vqax.train import stop_signals
 
 DEFAULT_CONFIGS = {"train": "configs/vqvae_dcase.py"}
 # Defaults name the package's own configs by absolute path: a configs/ folder in the current directory
@@ -119,6 +120,7 @@ def _describe(manifest) -> str:
   return "done"
 
 
+@stop_signals.stops_cleanly  # from the first moment, before JAX is imported
 def cmd_train(args, extra):
   from vqax import config_loading
   from vqax.train import trainer
@@ -139,6 +141,7 @@ def cmd_score(args, extra):
   return score_workdir(args.workdir, data_root=args.data_root, out_dir=args.out, method=args.method)
 
 
+@stop_signals.stops_cleanly
 def cmd_demo(args, extra):
   from vqax import config_loading
   from vqax.data.synth_dcase import generate_dcase
@@ -187,6 +190,9 @@ def main(argv=None) -> int:
     else:
       module = next(_plugin(m) for m in PLUGIN_COMMANDS if args.command in getattr(_plugin(m), "COMMAND_NAMES", ()))
       module.run(args, extra)
+  except stop_signals.StopRequested as e:  # a clean stop, not an error
+    print(f"[vqax] {e}", flush=True)
+    return 0
   except VqaxError as e:
     print(f"vqax: error: {e}", file=sys.stderr)
     return 2

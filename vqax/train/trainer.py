@@ -11,7 +11,6 @@ newest readable checkpoint, bit-exact; non-finite steps are skipped (counted) or
 import dataclasses
 import logging
 import pathlib
-import signal
 import sys
 import time
 
@@ -22,7 +21,7 @@ import numpy as np
 from vqax import config_loading
 from vqax.errors import CheckpointError, ConfigError, VqaxError
 from vqax.tasks.base import Phase, total_steps
-from vqax.train import distributed
+from vqax.train import distributed, run_guard, stop_signals
 from vqax.train import sharding as sharding_lib
 from vqax.train.checkpointing import Checkpointer, abstract_like
 from vqax.train.metrics_log import MetricsLog
@@ -134,40 +133,18 @@ def _abstract_state(task, tx, rng, batch_spec):
                     opt_state=tx.init(params), rng=jax.random.PRNGKey(0), nonfinite_steps=jnp.zeros((), jnp.int32))
 
 
-class _StopRequest:
-  """SIGTERM/SIGINT set a flag; the loop finishes the current step, checkpoints and exits cleanly."""
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-
-  def __enter__(self):
-    try:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signal_name is not None:  # second Ctrl-C: stop now
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
+@run_guard.guarded  # stop signals caught from the first line; the workdir lock released on return
 def train(config, workdir, *, task=None, max_steps: int | None = None, progress: bool = True) -> dict:
   """Train `config` in `workdir`, resuming from its newest checkpoint. Returns a summary dict.
 
   max_steps stops early after that global step (tests, benchmarks); the schedule still spans the config.
   """
   distributed.maybe_initialize(config)  # multi-host: before anything touches a device
+  run_guard.lock_workdir(workdir)  # before anything is written there
   workdir = prepare_workdir(workdir, config)
   task = task or build_task(config)
   data = task.prepare_data(workdir)
+  stop_signals.check("data scan")
   trainer = make_trainer(config, task, data.steps_per_epoch)
   mesh = trainer.mesh
   accumulation = int(config.gradient_accumulation_steps)
@@ -178,6 +155,7 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
           f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps; "
           f"{sharding_lib.describe(config)}", flush=True)
 
+  stop_signals.check("model set-up")
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=int(config.keep_checkpoints))
   data_iterator = iter(data.loader)
   abstract = abstract_like(jax.eval_shape(lambda: trainer.init_state(task.batch_spec(config.batch_size * mesh.size))),
@@ -199,7 +177,7 @@ def train(config, workdir, *, task=None, max_steps: int | None = None, progress:
   log_every = max(int(config.log_every_steps), 1)
   stopped_by = None
   try:
-    with _StopRequest() as stop:
+    with stop_signals.training_loop() as stop:
       for step in range(start, end):
         phase = phase_at(trainer.phases, step)
         batch = sharding_lib.global_batch(mesh, next(data_iterator))
