@@ -11,8 +11,8 @@ import socket
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO, smoke_config
+
 from vqax import cli, config_loading
 from vqax.train import trainer, workdir_lock
 
@@ -226,7 +226,8 @@ def zero_byte_npy(tmp):
 
 def speaker_truncated_wav(tmp):
   path = truncate(write_wav(bad_utterance(tmp / "data"), seconds=2), 44 + 2 * 10_000)
-  return ["--config", SPEAKERS], f"{path}: truncated wav file: the header promises 32000 frames but the file holds 10000"
+  return (["--config", SPEAKERS],
+          f"{path}: truncated wav file: the header promises 32000 frames but the file holds 10000 frames")
 
 
 def speaker_truncated_flac(tmp):
@@ -449,3 +450,36 @@ def test_trials_file_naming_a_missing_file(tmp_path, monkeypatch):
   with pytest.raises(DataError) as info:
     verification.evaluate(tmp_path / "work", trials, data_root=tmp_path / "data", verbose=False)
   assert str(info.value) == f"{trials}: trial file b/2.wav not found under --data_root {tmp_path / 'data'}"
+
+
+def test_corrupt_files_are_skipped_and_counted_with_skip_bad_files(tmp_path, caplog):
+  """The new refusals (truncated, a folder named like a clip, NaN only decoding shows) skip and count like
+  the others: DCASE clips in the training scan, speaker files in the up-front pass, before any loader."""
+  from vqax.tasks.redimnet_mrl import ReDimNetMRLTask
+  from vqax.tasks.vqvae import VQVAETask
+  clips = machine_tree(tmp_path / "dcase")
+  cut = truncate(write_wav(clips / "fan" / "train" / f"{CLIP.format(50)}.wav", seconds=10), 44 + 2 * 50_000)
+  folder = clips / "fan" / "train" / f"{CLIP.format(51)}.wav"
+  folder.mkdir()
+  npy = clips / "fan" / "train" / f"{CLIP.format(52)}.npy"
+  np.save(npy, np.zeros((64, 100), np.float32))
+  truncate(npy, 1000)
+  config = smoke_config(clips, skip_bad_files=True)
+  with caplog.at_level(logging.WARNING):
+    summary = VQVAETask(config).prepare_data(tmp_path / "work_dcase").summary
+  assert summary["train_clips"] == 4
+  assert [m.split(":")[0] for m in summary["bad_files"]] == [str(cut), str(folder), str(npy)]
+
+  voices = speaker_tree(tmp_path / "voices")
+  flac = write_wav(voices / "id00000" / "video1" / "00090.flac", seconds=2)
+  truncate(flac, flac.stat().st_size // 2)
+  nan = voices / "id00001" / "video1" / "00091.wav"
+  sf.write(nan, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+  (voices / "id00001" / "video1" / "00092.wav").mkdir()
+  config = config_loading.load_config(SPEAKERS)
+  config.data_root, config.skip_bad_files = str(voices), True
+  summary = ReDimNetMRLTask(config).prepare_data(tmp_path).summary
+  assert summary["utterances"] == 8 and len(summary["bad_files"]) == 3
+  for path, expected in ((flac, "truncated or corrupt FLAC file"), (nan, "audio contains NaN or Inf samples"),
+                         (voices / "id00001" / "video1" / "00092.wav", "is a folder, not a file")):
+    assert any(m.startswith(f"{path}: {expected}") for m in summary["bad_files"]), summary["bad_files"]

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
+import soundfile as sf
 from conftest import REPO, smoke_config, write_noise_tree
+
 from vqax.errors import CheckpointError
 from vqax.tasks.vqvae import VQVAETask
 from vqax.train import tb_events, trainer, workdir_lock
@@ -373,6 +374,7 @@ def test_npz_weights_with_pickled_objects_are_refused(tmp_path):
 def test_torch_weights_load_with_weights_only(tmp_path, monkeypatch):
   """torch.load is always called with weights_only=True (its unpickler refuses arbitrary objects)."""
   import types
+
   from vqax.models import redimnet_convert
   calls = []
 
@@ -432,9 +434,11 @@ def test_tensorboard_events_are_rebuilt_to_the_restored_step(tmp_path):
     log.append({"step": step, "loss": step / 10, "phase": "full"})
   log.close()
   assert tb_events.rebuild_from_metrics(tb, tmp_path / "metrics.jsonl", resume_step=5)
-  assert [p.name for p in tb_events.event_files(tb)] == [f"events.out.tfevents.101.{os.uname().nodename}.vqax-rebuilt"]
+  rebuilt = f"events.out.tfevents.101.{os.uname().nodename}.vqax-rebuilt"  # named by its first event's time
+  assert [p.name for p in tb_events.event_files(tb)] == [rebuilt]
   assert tb_events.read_scalars(tb) == {"loss": [(s, np.float32(s / 10)) for s in range(1, 6)]}
-  assert [e.wall_time for e in tb_events.read_events(tb_events.event_files(tb)[0]) if e.step] == [101, 102, 103, 104, 105]
+  events = tb_events.read_events(tb_events.event_files(tb)[0])
+  assert [e.wall_time for e in events if e.step] == [101, 102, 103, 104, 105]
   assert not tb_events.rebuild_from_metrics(tb, tmp_path / "metrics.jsonl", resume_step=5)  # clean: left alone
 
 
@@ -562,8 +566,9 @@ def test_a_really_full_file_system(data_root, tmp_path):
                          capture_output=True)
   if probe.returncode != 0:
     pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
-  run = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=8m tmpfs "$0" && exec "$1" "$2" "$0" "$3"',
-                        str(mount), sys.executable, str(script), str(data_root)],
+  in_namespace = 'mount -t tmpfs -o size=8m tmpfs "$0" && exec "$1" "$2" "$0" "$3"'
+  run = subprocess.run(["unshare", "-rm", "sh", "-c", in_namespace, str(mount), sys.executable, str(script),
+                        str(data_root)],
                        capture_output=True, text=True, cwd=REPO, env=dict(_env(), PYTHONPATH=str(REPO)), timeout=300)
   out = run.stdout
   assert run.returncode == 0, out + run.stderr
@@ -624,3 +629,10 @@ def test_scoring_and_embedding_refuse_a_truncated_wav(data_root, tmp_path):
   with pytest.raises(DataError) as info:
     embed_files(lambda waves: np.zeros((len(waves), 4), np.float32), [bad])
   assert str(info.value).startswith(f"{bad}: truncated wav file")
+  flac = tmp_path / "cut.flac"
+  sf.write(flac, np.random.default_rng(0).standard_normal(32000).astype(np.float32) * 0.05, 16000)
+  flac.write_bytes(flac.read_bytes()[:flac.stat().st_size // 2])
+  with pytest.raises(DataError) as info:
+    embed_files(lambda waves: np.zeros((len(waves), 4), np.float32), [flac])
+  assert str(info.value) == (f"{flac}: truncated or corrupt FLAC file: the header promises 32000 frames but the last "
+                             f"ones cannot be decoded")

@@ -22,12 +22,34 @@ _PCM_FORMATS = (1, 3, 0xFFFE)  # PCM, IEEE float, extensible: one block_align pe
 _TAIL_FRAMES = 16
 
 
-def check_complete(path, sound_file: sf.SoundFile) -> None:
-  """DataError naming `path` when its header promises more audio than the file holds."""
+def check_complete(path, sound_file: sf.SoundFile, *, decode_tail: bool = True) -> None:
+  """DataError naming `path` when its header promises more audio than the file holds.
+
+  decode_tail=False skips the tail decode of compressed formats, for a caller about to decode the whole
+  file (it checks the decoded length with `check_decoded_length`).
+  """
   if sound_file.format in ("WAV", "WAVEX"):
     _check_wav_data_chunk(path)
-  elif sound_file.frames > 0 and sound_file.seekable():
+  elif decode_tail and sound_file.frames > 0 and sound_file.seekable():
     _check_tail_decodes(path, sound_file)
+
+
+def explain_failed_decode(path) -> None:
+  """After a decode error: raise the DataError of a cut-short file if that is what it is (else nothing)."""
+  try:
+    with sf.SoundFile(str(path)) as sound_file:
+      check_complete(path, sound_file)
+  except DataError:
+    raise
+  except Exception:  # not even the header opens: the caller's "not a readable audio file" stands
+    pass
+
+
+def check_decoded_length(path, sound_file: sf.SoundFile, decoded_frames: int) -> None:
+  """DataError when a whole-file decode gave fewer frames than the header promised."""
+  if decoded_frames < sound_file.frames:
+    raise DataError(f"{path}: truncated or corrupt {sound_file.format} file: the header promises "
+                    f"{sound_file.frames} frames, {decoded_frames} could be decoded")
 
 
 def scan_float_samples(path, sound_file: sf.SoundFile, block_frames: int = 1 << 16) -> None:

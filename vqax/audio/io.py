@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import soundfile as sf
 
-from vqax.audio.integrity import check_complete
+from vqax.audio.integrity import check_complete, check_decoded_length, explain_failed_decode
 from vqax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,14 @@ def read_audio(path, sample_rate: int, *, resample: bool = False, downmix: bool 
   check_is_file(path)
   try:
     with sf.SoundFile(str(path)) as sound_file:
-      check_complete(path, sound_file)  # libsndfile reads a truncated wav as a shorter one, silently
+      check_complete(path, sound_file, decode_tail=False)  # libsndfile reads a truncated wav as a shorter one
       rate = sound_file.samplerate
       wave = sound_file.read(dtype="float32", always_2d=True)
+      check_decoded_length(path, sound_file, wave.shape[0])
   except DataError:
     raise
   except Exception as e:  # libsndfile reports corrupt/non-audio files with assorted messages
+    explain_failed_decode(path)  # a truncated FLAC fails mid-decode: say that it is truncated
     raise DataError(f"{path}: not a readable audio file ({first_line(e)})") from None
   if wave.shape[0] == 0:
     raise DataError(f"{path}: empty audio file (0 samples)")

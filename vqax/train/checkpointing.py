@@ -29,8 +29,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from vqax.errors import CheckpointError
-from vqax.train import save_errors
 from vqax.tasks.base import path_names
+from vqax.train import save_errors
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,6 @@ import jax
 import psutil
 from tqdm import tqdm
 
-from vqax.train import tb_events
-
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +49,8 @@ class Monitor:
     self._writer = None
     if self.enabled and tensorboard:
       from tensorboardX import SummaryWriter
+
+      from vqax.train import tb_events
       log_dir = os.path.join(workdir, "tensorboard")
       # A resumed run: the curves up to the restored step, once each, as metrics.jsonl holds them.
       tb_events.rebuild_from_metrics(log_dir, os.path.join(workdir, "metrics.jsonl"), start_step)

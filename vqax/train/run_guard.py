@@ -10,7 +10,8 @@ import pathlib
 
 from vqax.train import stop_signals, workdir_lock
 
-_scopes: list[contextlib.ExitStack] = []
+_scopes: list[contextlib.ExitStack] = []  # the guarded runs in progress (nested calls: innermost last)
+_unscoped: list = []  # locks taken outside a guarded run: held until the process ends
 
 
 def guarded(train):
@@ -42,8 +43,5 @@ def lock_workdir(workdir) -> None:
     return
   if _scopes:
     _scopes[-1].callback(lock.release)
-  else:  # called outside a guarded run: held until the process ends
+  else:
     _unscoped.append(lock)
-
-
-_unscoped: list = []
