@@ -2,7 +2,6 @@
 import ast
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import sys
 from conftest import REPO
 
 # Lowest first. A module may import its own package and anything below it, nothing above.
-LAYERS = ["errors", "commands", "platforms", "audio", "ops", "models", "config_loading", "data", "eval", "train",
+LAYERS = ["errors", "stop_signals", "commands", "platforms", "audio", "ops", "models", "config_loading", "data", "eval", "train",
           "tasks", "planning", "run", "cli"]
 
 

@@ -5,6 +5,8 @@ line). Building the trainer (model init, compiling) is patched to fail, so a row
 comes before any long work starts.
 """
 import logging
+import os
+import socket
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import soundfile as sf
 
 from conftest import batch_sizes, REPO, smoke_config
 from vqax import cli, config_loading
-from vqax.train import trainer
+from vqax.train import trainer, workdir_lock
 
 VQVAE = f"{REPO}/configs/vqvae_dcase.py:smoke"
 SPEAKERS = f"{REPO}/configs/redimnet_mrl.py:smoke"
@@ -23,11 +25,17 @@ class LongWorkStarted(Exception):
   """Raised in place of building the trainer: the input was accepted."""
 
 
+HELD_LOCKS = []  # locks a row takes to stand for a running run, released after it
+
+
 @pytest.fixture(autouse=True)
 def no_long_work(monkeypatch):
   def refuse(*args, **kwargs):
     raise LongWorkStarted
   monkeypatch.setattr(trainer, "make_trainer", refuse)
+  yield
+  while HELD_LOCKS:
+    HELD_LOCKS.pop().release()
 
 
 def write_wav(path, seconds=2.5, rate=16000, channels=1, seed=0):
@@ -176,6 +184,134 @@ def speaker_wrong_sample_rate(tmp):
           f"{path}: expected sample rate 16000 Hz, got 8000 Hz (set resample=True to convert)")
 
 
+def truncate(path, keep_bytes):
+  path.write_bytes(path.read_bytes()[:keep_bytes])
+  return path
+
+
+def truncated_wav(tmp):
+  """A 160,000-frame header over 50,000 frames of data: libsndfile alone reads it as a 3.1 s clip."""
+  path = truncate(write_wav(bad_clip(tmp / "data"), seconds=10), 44 + 2 * 50_000)
+  return [], f"{path}: truncated wav file: the header promises 160000 frames but the file holds 50000 frames"
+
+
+def folder_named_like_a_clip(tmp):
+  path = bad_clip(tmp / "data")
+  path.mkdir()
+  return [], f"{path}: is a folder, not a file (expected an audio file)"
+
+
+def write_npy_clip(tmp):
+  path = bad_clip(tmp / "data", ".npy")
+  np.save(path, np.zeros((64, 100), np.float32))
+  return path  # 128-byte header + 25,600 bytes of data
+
+
+def truncated_npy(tmp):
+  path = truncate(write_npy_clip(tmp), 20_000)
+  return [], (f"{path}: truncated or corrupt .npy file: its header promises a float32 array of shape [64, 100] "
+              f"(25728 bytes), the file has 20000 bytes")
+
+
+def npy_with_trailing_bytes(tmp):
+  path = write_npy_clip(tmp)
+  path.write_bytes(path.read_bytes() + b"\0" * 7)
+  return [], f"{path}: truncated or corrupt .npy file: its header promises a float32 array of shape [64, 100]"
+
+
+def zero_byte_npy(tmp):
+  path = truncate(write_npy_clip(tmp), 0)
+  return [], f"{path}: empty .npy file (0 bytes)"
+
+
+def speaker_truncated_wav(tmp):
+  path = truncate(write_wav(bad_utterance(tmp / "data"), seconds=2), 44 + 2 * 10_000)
+  return (["--config", SPEAKERS],
+          f"{path}: truncated wav file: the header promises 32000 frames but the file holds 10000 frames")
+
+
+def speaker_truncated_flac(tmp):
+  path = write_wav(bad_utterance(tmp / "data").with_suffix(".flac"), seconds=2)
+  truncate(path, path.stat().st_size // 2)
+  return ["--config", SPEAKERS], (f"{path}: truncated or corrupt FLAC file: the header promises 32000 frames but the "
+                                  f"last ones cannot be decoded")
+
+
+def speaker_nan_samples(tmp):
+  """NaN only shows when decoded: found by the up-front pass (float files are read through), not mid-run."""
+  path = bad_utterance(tmp / "data")
+  wave = np.zeros(16000, np.float32)
+  wave[12345] = np.nan
+  sf.write(path, wave, 16000, subtype="FLOAT")
+  return ["--config", SPEAKERS], f"{path}: audio contains NaN or Inf samples"
+
+
+def speaker_folder_named_like_a_clip(tmp):
+  path = bad_utterance(tmp / "data")
+  path.mkdir()
+  (path / "x.txt").write_text("")  # not a video folder: it holds no audio
+  return ["--config", SPEAKERS], f"{path}: is a folder, not a file (expected an audio file)"
+
+
+def config_file(body):
+  """A row whose --config file's get_config() misbehaves as `body` says."""
+  def case(tmp):
+    machine_tree(tmp / "data")
+    path = tmp / "my_config.py"
+    path.write_text("import sys\n" + body + "\n")
+    return ["--config", str(path)], path
+  return case
+
+
+def config_raises_key_error(tmp):
+  extra, path = config_file("def get_config():\n  return {}['batch']")(tmp)
+  return extra, f"--config {path}: get_config() failed (KeyError: 'batch')"
+
+
+def config_returns_none(tmp):
+  extra, path = config_file("def get_config():\n  pass")(tmp)
+  return extra, f"--config {path}: get_config() returned NoneType, expected an ml_collections.ConfigDict"
+
+
+def config_returns_a_dict(tmp):
+  extra, path = config_file("def get_config():\n  return {'task': 'vqvae'}")(tmp)
+  return extra, f"--config {path}: get_config() returned dict, expected an ml_collections.ConfigDict"
+
+
+def config_calls_sys_exit(tmp):
+  extra, path = config_file("def get_config():\n  sys.exit(3)")(tmp)
+  return extra, f"--config {path}: get_config() failed (it called sys.exit(3))"
+
+
+def config_exits_on_import(tmp):
+  extra, path = config_file("sys.exit()")(tmp)
+  return extra, f"--config {path}: failed to load (it called sys.exit(None))"
+
+
+def config_variant_raises_type_error(tmp):
+  extra, path = config_file("def get_config():\n  return None")(tmp)
+  return [f"{extra[0]}", f"{extra[1]}:smoke"], f"--config {path}: get_config('smoke') failed (TypeError: "
+
+
+def workdir_in_use(tmp):
+  """A second `vqax train` on a workdir a live run holds (here: this process, through another descriptor)."""
+  machine_tree(tmp / "data")
+  (tmp / "work").mkdir()
+  HELD_LOCKS.append(workdir_lock.acquire(tmp / "work"))
+  return [], (f"--workdir {tmp / 'work'} is in use by another vqax train (pid {os.getpid()} on host "
+              f"{socket.gethostname()}, started ")
+
+
+def workdir_in_use_by_another_host(tmp):
+  """Two hosts started with the same process index: the other's flock may not reach here, its entry does."""
+  machine_tree(tmp / "data")
+  (tmp / "work").mkdir()
+  workdir_lock.lock_path(tmp / "work", 0).write_text(
+      '{"pid": 4242, "host": "node-7", "started": "2026-12-04T10:00:00+00:00", "started_unix": 0}')
+  return [], (f"--workdir {tmp / 'work'} is in use by another vqax train (pid 4242 on host node-7, started "
+              f"2026-12-04T10:00:00+00:00; it refreshed its lock 0 s ago)")
+
+
 def unknown_model_size(tmp):
   write_wav(tmp / "data" / "id00001" / "00001.wav")
   return ["--config", SPEAKERS, "--config.model.size=b9"], "model.size='b9': expected one of b0"
@@ -192,6 +328,10 @@ CASES = [
     option("--config.nonfinite=maybe", "nonfinite='maybe': expected skip or halt"),
     checkpoint_of_another_model, empty_speaker_folder, speaker_not_audio, speaker_empty_wav,
     speaker_wrong_sample_rate, unknown_model_size,
+    truncated_wav, folder_named_like_a_clip, truncated_npy, npy_with_trailing_bytes, zero_byte_npy,
+    speaker_truncated_wav, speaker_truncated_flac, speaker_nan_samples, speaker_folder_named_like_a_clip,
+    config_raises_key_error, config_returns_none, config_returns_a_dict, config_calls_sys_exit,
+    config_exits_on_import, config_variant_raises_type_error, workdir_in_use, workdir_in_use_by_another_host,
 ]
 
 
@@ -310,3 +450,36 @@ def test_trials_file_naming_a_missing_file(tmp_path, monkeypatch):
   with pytest.raises(DataError) as info:
     verification.evaluate(tmp_path / "work", trials, data_root=tmp_path / "data", verbose=False)
   assert str(info.value) == f"{trials}: trial file b/2.wav not found under --data_root {tmp_path / 'data'}"
+
+
+def test_corrupt_files_are_skipped_and_counted_with_skip_bad_files(tmp_path, caplog):
+  """The new refusals (truncated, a folder named like a clip, NaN only decoding shows) skip and count like
+  the others: DCASE clips in the training scan, speaker files in the up-front pass, before any loader."""
+  from vqax.tasks.redimnet_mrl.task import ReDimNetMRLTask
+  from vqax.tasks.vqvae.task import VQVAETask
+  clips = machine_tree(tmp_path / "dcase")
+  cut = truncate(write_wav(clips / "fan" / "train" / f"{CLIP.format(50)}.wav", seconds=10), 44 + 2 * 50_000)
+  folder = clips / "fan" / "train" / f"{CLIP.format(51)}.wav"
+  folder.mkdir()
+  npy = clips / "fan" / "train" / f"{CLIP.format(52)}.npy"
+  np.save(npy, np.zeros((64, 100), np.float32))
+  truncate(npy, 1000)
+  config = smoke_config(clips, skip_bad_files=True)
+  with caplog.at_level(logging.WARNING):
+    summary = VQVAETask(config).prepare_data(tmp_path / "work_dcase", batch_sizes(config)).summary
+  assert summary["train_clips"] == 4
+  assert [m.split(":")[0] for m in summary["bad_files"]] == [str(cut), str(folder), str(npy)]
+
+  voices = speaker_tree(tmp_path / "voices")
+  flac = write_wav(voices / "id00000" / "video1" / "00090.flac", seconds=2)
+  truncate(flac, flac.stat().st_size // 2)
+  nan = voices / "id00001" / "video1" / "00091.wav"
+  sf.write(nan, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+  (voices / "id00001" / "video1" / "00092.wav").mkdir()
+  config = config_loading.load_config(SPEAKERS)
+  config.data_root, config.skip_bad_files = str(voices), True
+  summary = ReDimNetMRLTask(config).prepare_data(tmp_path, batch_sizes(config)).summary
+  assert summary["utterances"] == 8 and len(summary["bad_files"]) == 3
+  for path, expected in ((flac, "truncated or corrupt FLAC file"), (nan, "audio contains NaN or Inf samples"),
+                         (voices / "id00001" / "video1" / "00092.wav", "is a folder, not a file")):
+    assert any(m.startswith(f"{path}: {expected}") for m in summary["bad_files"]), summary["bad_files"]

@@ -16,6 +16,7 @@ import sys
 from vqax import tasks
 from vqax.errors import VqaxError
 from vqax.ops import host_allocator
+from vqax import stop_signals
 
 # Defaults name the package's own configs by absolute path: a configs/ folder in the current directory
 # (a dataset, a stranger's checkout) is never run unless the user names it with --config.
@@ -29,6 +30,7 @@ def _train_arguments(p):
   p.add_argument("--no_progress", action="store_true", help="no progress bar (logs only)")
 
 
+@stop_signals.stops_cleanly  # from the first moment, before JAX is imported
 def cmd_train(args, extra):
   from vqax import config_loading, platforms, run
   config = tasks.apply_overrides(config_loading.load_config(args.config), extra)
@@ -49,6 +51,7 @@ def _demo_arguments(p):
   p.add_argument("--config", default=None, help="default: the task's demo config")
 
 
+@stop_signals.stops_cleanly
 def cmd_demo(args, extra):
   """Synthetic data (made once) -> train -> evaluate, for any task with a demo."""
   from vqax import config_loading, platforms, run
@@ -108,6 +111,9 @@ def main(argv=None) -> int:
   handler = handlers.get((args.command, getattr(args, "kind", None))) or handlers[args.command]
   try:
     handler(args, extra)
+  except stop_signals.StopRequested as e:  # a clean stop, not an error
+    print(f"[vqax] {e}", flush=True)
+    return 0
   except VqaxError as e:
     print(f"vqax: error: {e}", file=sys.stderr)
     return 2

@@ -35,16 +35,30 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"--config {path_text}: config file not found")
   module_spec = importlib.util.spec_from_file_location(f"vqax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
+  # A config is user code: whatever it raises (sys.exit included) is one line naming the file, not a traceback.
+  def _describe_failure(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+      return f"it called sys.exit({error.code!r})"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
   try:
     module_spec.loader.exec_module(module)
-  except Exception as e:
-    raise ConfigError(f"--config {path}: failed to load ({type(e).__name__}: {e})") from None
+  except (Exception, SystemExit) as e:
+    raise ConfigError(f"--config {path}: failed to load ({_describe_failure(e)})") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"--config {path}: defines no get_config()")
+  call = f"get_config({variant!r})" if variant else "get_config()"
   try:
-    return module.get_config(variant) if variant else module.get_config()
-  except ValueError as e:
+    config = module.get_config(variant) if variant else module.get_config()
+  except ValueError as e:  # the configs' own way to refuse a variant: their message says it all
     raise ConfigError(f"--config {spec}: {e}") from None
+  except (Exception, SystemExit) as e:
+    raise ConfigError(f"--config {path}: {call} failed ({_describe_failure(e)})") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"--config {path}: {call} returned {type(config).__name__}, expected an "
+                      f"ml_collections.ConfigDict")
+  return config
 
 
 def _parse_value(text: str, current, name: str):

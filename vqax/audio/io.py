@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import soundfile as sf
 
+from vqax.audio.integrity import check_complete, check_decoded_length, explain_failed_decode
 from vqax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -15,16 +16,23 @@ def read_audio(path, sample_rate: int, *, resample: bool = False, downmix: bool 
                min_samples: int = 1) -> np.ndarray:
   """Mono float32 waveform of `path` at `sample_rate`.
 
-  Raises DataError naming the file when it is missing, not audio, empty, at another rate (unless
-  `resample`), multi-channel (unless `downmix`) or shorter than `min_samples`.
+  Raises DataError naming the file when it is missing (or a folder), not audio, truncated (shorter than its
+  header promises), empty, at another rate (unless `resample`), multi-channel (unless `downmix`), shorter
+  than `min_samples`, or holds NaN/Inf samples.
   """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise DataError(f"{path}: audio file not found")
+  check_is_file(path)
   try:
-    wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    with sf.SoundFile(str(path)) as sound_file:
+      check_complete(path, sound_file, decode_tail=False)  # libsndfile reads a truncated wav as a shorter one
+      rate = sound_file.samplerate
+      wave = sound_file.read(dtype="float32", always_2d=True)
+      check_decoded_length(path, sound_file, wave.shape[0])
+  except DataError:
+    raise
   except Exception as e:  # libsndfile reports corrupt/non-audio files with assorted messages
-    raise DataError(f"{path}: not a readable audio file ({str(e).strip().splitlines()[0]})") from None
+    explain_failed_decode(path)  # a truncated FLAC fails mid-decode: say that it is truncated
+    raise DataError(f"{path}: not a readable audio file ({first_line(e)})") from None
   if wave.shape[0] == 0:
     raise DataError(f"{path}: empty audio file (0 samples)")
   if wave.shape[1] > 1:
@@ -42,6 +50,21 @@ def read_audio(path, sample_rate: int, *, resample: bool = False, downmix: bool 
   if not np.all(np.isfinite(wave)):
     raise DataError(f"{path}: audio contains NaN or Inf samples")
   return wave
+
+
+def check_is_file(path: pathlib.Path, kind: str = "audio file") -> None:
+  """DataError for a missing path, or a folder where a file is expected (said as such: a folder named like
+  a clip is a layout mistake, not a missing file)."""
+  if path.is_dir():
+    raise DataError(f"{path}: is a folder, not a file (expected {'an' if kind[0] in 'aeiou' else 'a'} {kind})")
+  if not path.is_file():
+    raise DataError(f"{path}: {kind} not found")
+
+
+def first_line(error: Exception) -> str:
+  """The first line of an exception's message (its type when the message is empty)."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,17 +4,26 @@ Layout (read as is): `<root>/<machine_type>/train/normal_id_XX_NNNNNNNN.wav` and
 `<root>/<machine_type>/test/{normal,anomaly}_id_XX_NNNNNNNN.wav`; the precomputed variant stores one
 `.npy` log-mel array `[n_mels, T]` per clip under the same names.
 """
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
+import logging
+import os
 import pathlib
 import re
+import threading
 
 import numpy as np
 
 from vqax.audio.features import LogMelConfig, log_mel
 from vqax.audio.io import read_audio
+from vqax.data.npy_files import load_npy
 from vqax.errors import ConfigError, DataError
+from vqax import stop_signals
+
+log = logging.getLogger(__name__)
 
 CLIP_NAME = re.compile(r"^(normal|anomaly)_id_(\d+)_(\d+)\.(wav|npy)$")
 PATCH_FRAMES = 64
@@ -90,33 +99,74 @@ def _cache_path(cache_dir, record: ClipRecord, cfg: LogMelConfig) -> pathlib.Pat
 def load_features(record: ClipRecord, cfg: LogMelConfig = LogMelConfig(), cache_dir=None,
                   min_frames: int = PATCH_FRAMES) -> np.ndarray:
   """Log-mel `[n_mels, T]` of a clip, from its wav (optionally cached as .npy) or its precomputed .npy."""
+  stop_signals.check("data scan")  # the scan reads every clip once: a stop signal ends it between clips
   if record.path.endswith(".npy"):
-    try:
-      features = np.load(record.path, allow_pickle=False)
-    except Exception as e:
-      raise DataError(f"{record.path}: not a readable .npy array ({e})") from None
-    if features.ndim != 2 or features.shape[0] != cfg.n_mels:
-      raise DataError(f"{record.path}: expected a log-mel array of shape [{cfg.n_mels}, T], got {list(features.shape)}")
-    if not np.all(np.isfinite(features)):
-      raise DataError(f"{record.path}: contains NaN or Inf values")
+    features = load_npy(record.path)
+    problem = _feature_problem(features, cfg)
+    if problem:
+      raise DataError(f"{record.path}: {problem}")
     features = features.astype(np.float32)
   else:
     cached = _cache_path(cache_dir, record, cfg) if cache_dir else None
-    if cached is not None and cached.exists():
-      features = np.load(cached)
-    else:
+    features = _read_cache_entry(cached, cfg) if cached is not None and cached.exists() else None
+    if features is None:
       min_samples = (min_frames - 1) * cfg.hop_length
       wave = read_audio(record.path, cfg.sample_rate, resample=cfg.resample, downmix=cfg.downmix,
                         min_samples=min_samples)
       features = log_mel(wave, cfg)
       if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, features)
-        tmp.replace(cached)  # atomic: a killed worker never leaves a half-written cache entry
+        _write_cache_entry(cached, features)
   if features.shape[1] < min_frames:
     raise DataError(f"{record.path}: {features.shape[1]} frames, shorter than one {min_frames}-frame patch")
   return features
+
+
+def _feature_problem(features: np.ndarray, cfg: LogMelConfig) -> str | None:
+  if features.ndim != 2 or features.shape[0] != cfg.n_mels:
+    return f"expected a log-mel array of shape [{cfg.n_mels}, T], got {list(features.shape)}"
+  if not np.all(np.isfinite(features)):
+    return "contains NaN or Inf values"
+  return None
+
+
+def _read_cache_entry(cached: pathlib.Path, cfg: LogMelConfig) -> np.ndarray | None:
+  """A cache entry's features, or None (said once per entry) when it is unreadable: the caller recomputes
+  it from the clip. A cache is never a reason to stop a run."""
+  try:
+    features = load_npy(cached)
+    problem = _feature_problem(features, cfg)
+  except DataError as e:
+    problem = str(e).removeprefix(f"{cached}: ")
+  except OSError as e:
+    problem = e.strerror or type(e).__name__
+  if problem is None:
+    return features.astype(np.float32, copy=False)
+  _note_bad_cache_entry(str(cached), problem)
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def _note_bad_cache_entry(path: str, problem: str) -> None:
+  log.warning("feature cache entry %s is unusable (%s); recomputing it from the clip", path, problem)
+
+
+def _write_cache_entry(cached: pathlib.Path, features: np.ndarray) -> None:
+  """Write atomically, under a name of this process and thread: loader workers computing the same clip at
+  once never interleave, and a killed worker leaves at most a stray temporary file, never a half entry."""
+  tmp = cached.with_name(f"{cached.stem}.tmp{os.getpid()}-{threading.get_ident()}.npy")
+  try:
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.save(tmp, features)
+    tmp.replace(cached)
+  except OSError as e:  # a full or read-only cache folder: the features are in hand, carry on without it
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+    _note_cache_unwritable(str(cached.parent), e.strerror or type(e).__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _note_cache_unwritable(folder: str, problem: str) -> None:
+  log.warning("feature cache %s is not writable (%s); features are computed without caching", folder, problem)
 
 
 # --- normalisation -----------------------------------------------------------------------------------
@@ -125,6 +175,7 @@ def compute_norm_stats(features_by_type: dict[str, list[np.ndarray]]) -> dict[st
   """Per machine type, per mel bin mean and std over all training frames (float64 accumulation)."""
   stats = {}
   for machine_type, arrays in features_by_type.items():
+    stop_signals.check("normalisation statistics")
     total = sum(a.shape[1] for a in arrays)
     mean = sum(a.astype(np.float64).sum(axis=1) for a in arrays) / total
     var = sum(((a.astype(np.float64) - mean[:, None])**2).sum(axis=1) for a in arrays) / total

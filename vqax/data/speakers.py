@@ -9,6 +9,7 @@ Files at the top level (README, SPEAKERS.TXT) and hidden entries are ignored. Ba
 """
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import pathlib
 
@@ -16,9 +17,11 @@ import grain
 import numpy as np
 import soundfile as sf
 
-from vqax.audio.io import read_audio
+from vqax.audio.integrity import check_complete, scan_float_samples
+from vqax.audio.io import check_is_file, first_line, read_audio
 from vqax.data.pipeline import make_loader
 from vqax.errors import DataError
+from vqax import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,17 @@ def _visible(path: pathlib.Path) -> bool:
 
 
 def _speaker_files(folder: pathlib.Path) -> list[pathlib.Path]:
-  """Audio directly in the speaker folder (flat) and one level down (video / chapter folders)."""
+  """Audio directly in the speaker folder (flat) and one level down (video / chapter folders).
+
+  Anything named like audio is listed, folders included: a folder called `00001.wav` is a layout mistake
+  that the file checks name (or skip and count), not something to pass over in silence.
+  """
   files = []
   for entry in sorted(filter(_visible, folder.iterdir())):
-    if entry.is_dir():
-      files += [f for f in sorted(filter(_visible, entry.iterdir()))
-                if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
-    elif entry.suffix.lower() in AUDIO_EXTENSIONS:
+    if entry.suffix.lower() in AUDIO_EXTENSIONS:
       files.append(entry)
+    elif entry.is_dir():
+      files += [f for f in sorted(filter(_visible, entry.iterdir())) if f.suffix.lower() in AUDIO_EXTENSIONS]
   return files
 
 
@@ -74,16 +80,24 @@ def list_utterances(root) -> tuple[list[Utterance], list[str]]:
 
 
 def header_samples(path, *, resample: bool = False) -> int:
-  """Length of `path` in 16 kHz samples, from its header alone (nothing is decoded).
+  """Length of `path` in 16 kHz samples, from a cheap look at the file (its header, whether the promised
+  audio is all there, and for float files whether every sample is finite).
 
-  DataError naming the file when it is not readable audio, empty, or at another rate without `resample`
-  (the checks `read_audio` makes, moved before training so a bad file never stops a run half-way).
+  DataError naming the file when it is not readable audio, truncated, empty, at another rate without
+  `resample`, or a float file with NaN/Inf samples: the checks `read_audio` makes, moved before training
+  so a bad file never stops a run half-way. Integer PCM is never decoded here (it cannot hold NaN);
+  float files are read through once.
   """
+  check_is_file(pathlib.Path(path))
   try:
     with sf.SoundFile(str(path)) as f:
       frames, rate = f.frames, f.samplerate
+      check_complete(path, f)
+      scan_float_samples(path, f)
+  except DataError:
+    raise
   except Exception as e:  # libsndfile reports corrupt/non-audio files with assorted messages
-    raise DataError(f"{path}: not a readable audio file ({str(e).strip().splitlines()[0]}); expected "
+    raise DataError(f"{path}: not a readable audio file ({first_line(e)}); expected "
                     f"{'/'.join(x[1:] for x in AUDIO_EXTENSIONS)} audio at {SAMPLE_RATE} Hz") from None
   if frames <= 0:
     raise DataError(f"{path}: empty audio file (0 samples)")
@@ -111,6 +125,7 @@ def check_utterances(utterances, *, min_samples: int = 1, resample: bool = False
   pool = concurrent.futures.ThreadPoolExecutor()
   try:
     for utterance, (samples, error) in zip(utterances, pool.map(check, utterances)):
+      stop_signals.check("data scan")
       if error is not None:
         if not skip_bad_files:
           raise error
@@ -142,8 +157,9 @@ class ReadUtterance(grain.transforms.Map):
   """Utterance -> {"wave", "label"}. The wave comes out empty (and `KeepReadable` drops it) when the file is
   shorter than `min_samples` (rejected by design) or unreadable with `skip_bad_files` (else DataError).
 
-  `check_utterances` already left such files out from their headers; this catches what only decoding shows
-  (NaN samples, a truncated body) and files changed since.
+  `check_utterances` already left out every file that fails here for a reason a cheap look can find
+  (truncated, NaN in float files); this catches the rest (e.g. a corrupt FLAC frame mid-file) and files
+  changed since. Under `skip_bad_files` each is said once per file and process, not once per epoch.
   """
   min_samples: int = 1
   resample: bool = False
@@ -155,11 +171,16 @@ class ReadUtterance(grain.transforms.Map):
     except DataError as e:
       if not self.skip_bad_files:
         raise
-      log.warning("skipping %s", e)
+      _note_skipped(str(e))
       wave = np.zeros((0,), np.float32)
     if wave.shape[0] < self.min_samples:
       wave = np.zeros((0,), np.float32)
     return {"wave": wave, "label": np.int32(utterance.label)}
+
+
+@functools.lru_cache(maxsize=None)
+def _note_skipped(message: str) -> None:
+  log.warning("skipping bad file: %s", message)
 
 
 class KeepReadable(grain.transforms.Filter):

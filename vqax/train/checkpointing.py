@@ -29,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vqax.errors import CheckpointError
+from vqax.train import save_errors
 from vqax.train.step import path_names
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,32 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, state, data_iterator=None) -> None:
+    """Write `step`; CheckpointError (one line) when the disk refuses (full, read-only, quota), after
+    removing the half-written step. The steps saved before it are untouched and resume as they are."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-    self._manager.wait_until_finished()
+    with save_errors.held_logs() as held:
+      try:
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._manager.wait_until_finished()
+        reason = None
+      except Exception as e:
+        reason = save_errors.write_failure(e)
+        if reason is None:
+          raise
+        held.drop = True
+    if reason is not None:
+      save_errors.remove_partial_step(self.directory, step)
+      raise CheckpointError(f"could not save checkpoint step {step} in {self.directory} ({reason}); "
+                            f"{save_errors.kept_message(self.directory)}") from None
     if jax.process_index() == 0:  # after the commit every process's files are in place
-      write_checksums(self.directory / str(step))
+      try:
+        write_checksums(self.directory / str(step))
+      except OSError as e:
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} was saved, but not its checksum list "
+                              f"({e.strerror}); free space or make the folder writable, then rerun the same "
+                              f"command to resume from it") from None
 
   def restore(self, abstract_state, data_iterator=None, step: int | None = None, *,
               set_aside_unreadable: bool = False):

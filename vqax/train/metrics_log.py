@@ -4,10 +4,13 @@ A run killed at any moment may have logged steps past its last checkpoint (or ha
 lines are dropped, so the resumed run appends exactly where the restored state continues and the file
 matches an uninterrupted run's. Each line is flushed as written: a kill loses at most the line in flight.
 """
+import contextlib
 import json
 import math
 import os
 import pathlib
+
+from vqax.train.save_errors import WorkdirWriteError
 
 
 class MetricsLog:
@@ -26,12 +29,17 @@ class MetricsLog:
 
   def append(self, record: dict) -> None:
     if self._file is not None:
-      self._file.write(_encode(record))
-      self._file.flush()
+      try:
+        self._file.write(_encode(record))
+        self._file.flush()
+      except OSError as e:  # disk full, read-only: stop with one line; the lines past the checkpoint go on resume
+        raise WorkdirWriteError(f"could not write {self.path} ({e.strerror}); free space or make the workdir "
+                                f"writable, then rerun the same command to resume from the last checkpoint") from None
 
   def close(self) -> None:
     if self._file is not None:
-      self._file.close()
+      with contextlib.suppress(OSError):  # a failed flush already stopped the run (append said why)
+        self._file.close()
       self._file = None
 
 

@@ -1,4 +1,5 @@
 """Progress bar, TensorBoard scalars and memory readings for long runs."""
+import logging
 import os
 import sys
 import time
@@ -6,6 +7,8 @@ import time
 import jax
 import psutil
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 def memory_reading() -> dict[str, float]:
@@ -46,7 +49,12 @@ class Monitor:
     self._writer = None
     if self.enabled and tensorboard:
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(str(os.path.join(workdir, "tensorboard")))
+
+      from vqax.train import tb_events
+      log_dir = os.path.join(workdir, "tensorboard")
+      # A resumed run: the curves up to the restored step, once each, as metrics.jsonl holds them.
+      tb_events.rebuild_from_metrics(log_dir, os.path.join(workdir, "metrics.jsonl"), start_step)
+      self._writer = SummaryWriter(log_dir)
     self._last_time = time.perf_counter()
     self._last_step = start_step
 
@@ -83,4 +91,8 @@ class Monitor:
   def close(self):
     self._bar.close()
     if self._writer is not None:
-      self._writer.close()
+      try:
+        self._writer.close()
+      except OSError as e:  # a full or read-only disk: the error that stopped the run has been said already
+        log.warning("TensorBoard events could not be flushed (%s); metrics.jsonl rebuilds them on resume",
+                    e.strerror)

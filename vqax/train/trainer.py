@@ -13,7 +13,6 @@ memory raises `on_out_of_memory(config, workdir, error)` when given (the CLI pas
 import dataclasses
 import logging
 import pathlib
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,8 @@ import numpy as np
 
 from vqax import config_loading
 from vqax.errors import CheckpointError, ConfigError, VqaxError
-from vqax.train import distributed
+from vqax import stop_signals
+from vqax.train import distributed, run_guard
 from vqax.train import sharding as sharding_lib
 from vqax.train.checkpointing import Checkpointer, abstract_like
 from vqax.train.metrics_log import MetricsLog
@@ -138,31 +138,7 @@ def make_trainer(config, task: Task, info: DataInfo, *, mesh=None) -> Trainer:
                  n_steps, program.phases(n_steps))
 
 
-class _StopRequest:
-  """SIGTERM/SIGINT set a flag; the loop finishes the current step, checkpoints and exits cleanly."""
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-
-  def __enter__(self):
-    try:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signal_name is not None:  # second Ctrl-C: stop now
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
+@run_guard.guarded  # stop signals caught from the first line; the workdir lock released on return
 def train(config, workdir, task: Task, *, max_steps: int | None = None, progress: bool = True,
           on_out_of_memory=None, devices=None) -> dict:
   """Train `config` with `task` in `workdir`, resuming from its newest checkpoint. Returns a summary dict.
@@ -171,10 +147,12 @@ def train(config, workdir, task: Task, *, max_steps: int | None = None, progress
   on_out_of_memory(config, workdir, error) -> exception to raise when a step runs out of device memory.
   """
   distributed.maybe_initialize(config)  # multi-host: before anything touches a device
+  run_guard.lock_workdir(workdir)  # before anything is written there
   workdir = prepare_workdir(workdir, config)
   mesh = sharding_lib.make_mesh(devices)
   batch = BatchSizes.for_mesh(config, mesh)
   data = task.prepare_data(workdir, batch)
+  stop_signals.check("data scan")
   trainer = make_trainer(config, task, data.info, mesh=mesh)
   if jax.process_index() == 0:
     print(f"[vqax] {task.name}: {mesh.size} device(s) x {jax.process_count()} process(es); global batch = "
@@ -182,6 +160,7 @@ def train(config, workdir, task: Task, *, max_steps: int | None = None, progress
           f"{batch.effective}; {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps; "
           f"{sharding_lib.describe(config)}", flush=True)
 
+  stop_signals.check("model set-up")
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=int(config.keep_checkpoints))
   data_iterator = iter(data.loader)
   state, restored_step = checkpointer.restore(trainer.abstract_state(), data_iterator, set_aside_unreadable=True)
@@ -201,7 +180,7 @@ def train(config, workdir, task: Task, *, max_steps: int | None = None, progress
   log_every = max(int(config.log_every_steps), 1)
   stopped_by = None
   try:
-    with _StopRequest() as stop:
+    with stop_signals.training_loop() as stop:
       for step in range(start, end):
         phase = phase_at(trainer.phases, step)
         global_batch = sharding_lib.global_batch(mesh, next(data_iterator))
