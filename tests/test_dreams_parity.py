@@ -123,3 +123,21 @@ def test_strict_conversion_names_the_key(fixture):
     dreams_convert.convert_state_dict({k: v for k, v in state_dict.items() if k != "ro_out.weight"}, model)
   with pytest.raises(CheckpointError, match="extra.weight"):
     dreams_convert.convert_state_dict({**state_dict, "extra.weight": np.zeros(3)}, model)
+
+
+class Namespace:
+  """Stands for argparse.Namespace in a Lightning checkpoint's hyper_parameters."""
+  def __init__(self, **kwargs):
+    self.__dict__.update(kwargs)
+
+
+def test_lightning_ckpt_converts_like_the_npz(fixture, tmp_path, monkeypatch):
+  from test_torch_checkpoint import write_torch_zip
+  z, state_dict, args = fixture
+  ckpt = tmp_path / "ssl_model.ckpt"
+  hparams = {"args": Namespace(**{k: v for k, v in args.items() if k != "dformat"})}
+  write_torch_zip(ckpt, {"state_dict": dict(state_dict), "hyper_parameters": hparams}, monkeypatch)
+  variables, model = dreams_convert.load_converted(dreams_convert.convert_dreams_file(ckpt, tmp_path / "conv"))
+  assert model.n_heads == 4 and model.hot_mz_bin_size == 0.25
+  outputs, _ = model.apply(variables, jnp.asarray(z["input/spec"]))
+  _close(outputs["embedding"], z, "output/precursor_embedding")

@@ -105,7 +105,7 @@ def pretraining_loss(outputs: dict, masked: dict, ro_label: jax.Array | None, *,
   mask_losses = [masked_mz_loss(logits[:, side], targets[:, side], valid[:, side], gamma) for side in (0, 1)]
   mask_loss = (mask_losses[0] + mask_losses[1]) / 2
   n_valid = jnp.maximum(jnp.sum(valid), 1)
-  top5 = jax.lax.top_k(logits, 5)[1]
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   metrics = {
       "mask_loss": mask_loss,
       "mz_top1_accuracy": jnp.sum((jnp.argmax(logits, -1) == targets) & valid) / n_valid,
