@@ -9,8 +9,14 @@ import pytest
 
 from vqax.errors import ConfigError
 from vqax.models.gan import Discriminator, Generator, one_hot, validate
-from vqax.models.gan_objectives import (ema_update, gan_losses, hinge_d_loss, hinge_g_loss, nonsaturating_d_loss,
-                                        nonsaturating_g_loss)
+from vqax.models.gan_objectives import (
+  ema_update,
+  gan_losses,
+  hinge_d_loss,
+  hinge_g_loss,
+  nonsaturating_d_loss,
+  nonsaturating_g_loss,
+)
 from vqax.train.gan_step import create_gan_state, generate, jit_gan_step
 
 G = Generator(n_mels=10, frames=23, num_classes=3, latent_dim=8, channels=(16, 8))

@@ -19,22 +19,22 @@ def test_vit_b16_has_exactly_the_hugging_face_parameter_count():
 
 
 def _init(model, x):
-  return model.init(jax.random.key(0), x)
+  return jax.jit(model.init)(jax.random.key(0), x)
 
 
 def test_micro_forward_shapes_and_bfloat16_compute():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 16, 16)), jnp.float32)
   model = vit("micro", num_classes=4)
   variables = _init(model, x)
-  logits, aux = model.apply(variables, x)
+  logits, aux = jax.jit(model.apply)(variables, x)
   chex.assert_shape(logits, (3, 4))
   chex.assert_shape(aux["features"], (3, 32))
   chex.assert_type(logits, jnp.float32)
   # bfloat16 compute keeps float32 parameters and float32 logits, and stays close to float32 compute.
   half = model.clone(dtype=jnp.bfloat16)
-  half_vars = _init(half, x)
+  half_vars = jax.eval_shape(half.init, jax.random.key(0), x)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(half_vars))
-  half_logits, half_aux = half.apply(variables, x)
+  half_logits, half_aux = jax.jit(half.apply)(variables, x)
   chex.assert_type(half_logits, jnp.float32)
   chex.assert_type(half_aux["features"], jnp.bfloat16)
   np.testing.assert_allclose(half_logits, logits, atol=0.1)
@@ -49,7 +49,7 @@ def test_remat_changes_nothing_but_memory(policy):
   chex.assert_trees_all_equal_shapes(variables, _init(remat, x))  # same parameter tree either way
 
   def grads(model):
-    return jax.grad(lambda v: jnp.sum(model.apply(v, x)[0] ** 2))(variables)
+    return jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x)[0] ** 2)))(variables)
 
   chex.assert_trees_all_close(grads(plain), grads(remat), atol=1e-6)
 
@@ -59,7 +59,7 @@ def test_native_non_square_input_interpolates_positions():
   model = vit("micro", num_classes=2)
   variables = _init(model, jnp.zeros((1, 16, 16)))
   x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 12, 28)), jnp.float32)
-  logits, aux = model.apply(variables, x)
+  logits, _ = jax.jit(model.apply)(variables, x)
   chex.assert_shape(logits, (2, 2))
   table = variables["params"]["embeddings"]["position_embeddings"]
   resized = interpolate_positions(table, (4, 4), (3, 7))
@@ -80,7 +80,7 @@ def test_resize_rgb_adapter_feeds_the_seed_shape():
   chex.assert_shape(image, (2, 32, 32, 3))
   np.testing.assert_array_equal(image[..., 0], image[..., 2])
   variables = _init(model, spec)
-  chex.assert_shape(model.apply(variables, spec)[0], (2, 2))
+  chex.assert_shape(jax.jit(model.apply)(variables, spec)[0], (2, 2))
 
 
 def test_bad_settings_raise_config_errors():

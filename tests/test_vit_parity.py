@@ -136,7 +136,7 @@ def _write_torch_zip(path, state_dict):
 def test_v4_names_as_safetensors_and_torch_zip_convert_identically(fixture, converted, tmp_path):
   from safetensors.numpy import save_file
   meta, arrays = fixture
-  model, reference = converted
+  _model, reference = converted
   v4 = _v4_state_dict(meta, arrays)
   assert any(".encoder.layer." in k for k in v4)
   (tmp_path / "config.json").write_text(json.dumps(_hf_config(meta)))

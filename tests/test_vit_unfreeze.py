@@ -8,7 +8,12 @@ import pytest
 
 from vqax.errors import ConfigError
 from vqax.models.vit import vit
-from vqax.models.vit_unfreeze import Partition, normalize_schedule, stages, trainable_units
+from vqax.models.vit_unfreeze import (
+  Partition,
+  normalize_schedule,
+  stages,
+  trainable_units,
+)
 
 MODEL = vit("micro", num_classes=3, num_layers=4)
 

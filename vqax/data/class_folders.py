@@ -38,7 +38,7 @@ class ClipConfig:
 
   @property
   def clip_samples(self) -> int:
-    return int(round(self.clip_seconds * self.features.sample_rate))
+    return round(self.clip_seconds * self.features.sample_rate)
 
   @property
   def frames(self) -> int:
@@ -100,7 +100,7 @@ def clip_starts(num_samples: int, cfg: ClipConfig) -> list[int]:
     return []
   if cfg.clip_hop_seconds is None:
     return [0]
-  hop = max(1, int(round(cfg.clip_hop_seconds * cfg.features.sample_rate)))
+  hop = max(1, round(cfg.clip_hop_seconds * cfg.features.sample_rate))
   return list(range(0, num_samples - cfg.clip_samples + 1, hop))
 
 
@@ -222,7 +222,7 @@ def split_by_file(records, test_fraction: float, seed: int) -> tuple[list[ClipRe
     files = sorted(by_class[label])
     if len(files) < 2:
       raise DataError(f"class {label} has a single file ({files[0]}); a train/test split needs two or more")
-    n_test = min(len(files) - 1, max(1, int(round(test_fraction * len(files)))))
+    n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
     test_files |= set(rng.permutation(files)[:n_test].tolist())
   train = [r for r in records if r.path not in test_files]
   test = [r for r in records if r.path in test_files]

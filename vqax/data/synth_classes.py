@@ -77,7 +77,7 @@ def synth_clip(class_name: str, index: int, *, seed: int = 0, seconds: float = 2
                sample_rate: int = 16000) -> np.ndarray:
   """One clip of `class_name`, float64 in [-1, 1], from (seed, class, index) alone."""
   rng = clip_rng(seed, "classes", class_name, index)
-  n = int(round(seconds * sample_rate))
+  n = round(seconds * sample_rate)
   t = np.arange(n) / sample_rate
   signal = CLASSES[class_name](rng, t, n, sample_rate, seconds)
   signal = signal / (np.std(signal) + 1e-12)

@@ -11,7 +11,7 @@
 Everything here runs on the host with numpy, except `embed`, which calls the given (jitted) function.
 """
 import pathlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.linalg

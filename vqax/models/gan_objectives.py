@@ -5,7 +5,7 @@ Hinge (Lim & Ye 2017; SNGAN, BigGAN):
 Non-saturating (Goodfellow et al. 2014, the "-log D" trick), with logits:
   L_D = E[softplus(-D(x))] + E[softplus(D(G(z)))],  L_G = E[softplus(-D(G(z)))]
 """
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import pathlib
 import re
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from vqax.errors import CheckpointError, ConfigError
 from vqax.models import vit as vit_lib
+from vqax.models.redimnet_convert import read_npz
 from vqax.models.torch_state import read_torch_state_dict
 
 VARIABLES_DIR = "variables"
@@ -206,17 +206,6 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{path}: cannot be read as safetensors ({e})") from None
 
 
-def read_npz(path) -> dict[str, np.ndarray]:
-  try:
-    with np.load(path, allow_pickle=False) as archive:  # object arrays would unpickle: refuse them
-      state_dict = {k[len("param/"):]: archive[k] for k in archive.files if k.startswith("param/")}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise CheckpointError(f"{path}: cannot be read as an .npz of plain arrays ({e})") from None
-  if not state_dict:
-    raise CheckpointError(f"{path}: no 'param/<state_dict key>' arrays")
-  return state_dict
-
-
 def read_checkpoint(src) -> tuple[dict, dict]:
   """(state_dict, hf_config) from a model folder or a weights file (config from a sidecar, see below).
 
@@ -231,23 +220,21 @@ def read_checkpoint(src) -> tuple[dict, dict]:
       raise CheckpointError(f"{src}: a Hugging Face model folder needs model.safetensors or pytorch_model.bin")
   elif src.is_file():
     weights = src
-    config_file = src.with_suffix(".json") if src.suffix == ".npz" else src.parent / "config.json"
+    config_file = src.parent / "config.json"
   else:
     raise CheckpointError(f"{src}: no such file or folder")
+  if weights.suffix == ".npz":  # param/<key> arrays + sidecar model_config: the reader ReDimNet's use
+    return read_npz(weights)
   if not config_file.is_file():
     raise CheckpointError(f"{src}: no {config_file.name} beside it with the ViT config")
   try:
     hf_config = json.loads(config_file.read_text())
   except ValueError as e:
     raise CheckpointError(f"{config_file}: not JSON ({e})") from None
-  if weights.suffix == ".npz":
-    hf_config = hf_config.get("model_config", hf_config)
   if not isinstance(hf_config, dict):
     raise CheckpointError(f"{config_file}: expected a JSON object with the ViT config")
   if weights.suffix == ".safetensors":
     state_dict = read_safetensors(weights)
-  elif weights.suffix == ".npz":
-    state_dict = read_npz(weights)
   else:
     state_dict = read_torch_state_dict(weights)
   return state_dict, hf_config

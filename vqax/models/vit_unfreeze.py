@@ -22,6 +22,7 @@ Wiring a stage into a step:
 A Partition is hashable: one compiled step per stage.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +131,7 @@ class Partition:
     layers = params["encoder"]["layers"]
     for side, rows in ((trainable, self.trainable_layers), (frozen, self.frozen_layers)):
       if rows:
-        side["layers"] = jax.tree.map(lambda a, r=np.asarray(rows): a[r] if len(r) < a.shape[0] else a, layers)
+        side["layers"] = jax.tree.map(functools.partial(_take_rows, rows=np.asarray(rows)), layers)
     return trainable, frozen
 
   def merge(self, trainable: dict, frozen: dict) -> dict:
@@ -161,6 +162,10 @@ class Partition:
       tokens = encoder_stack(model, run[2] - run[1]).apply({"params": {"layers": segment}}, tokens)
     head_params = {"final_norm": single["final_norm"], "head": single["head"]}
     return model.apply({"params": head_params}, tokens, method=ViT.classify)
+
+
+def _take_rows(a, rows):
+  return a[rows] if len(rows) < a.shape[0] else a
 
 
 def _concat(xs):
