@@ -30,7 +30,7 @@ Port choices (the official code is the reference; `dreams_tiny_parity.json` list
   training step with `att_dropout > 0` and the explicit form `attention_impl="explicit"` (which also sows
   the probabilities for parity tests) use einsum + softmax.
 - Layers run under `nn.scan` (parameters stacked on a leading layer axis) and `nn.remat` with the named
-  policy of `vqax.memory.remat`; compute in `dtype`, parameters in `param_dtype` (float32).
+  policy of `vqax.models.remat`; compute in `dtype`, parameters in `param_dtype` (float32).
 """
 import dataclasses
 import functools
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqax.errors import ConfigError
-from vqax.memory.remat import policy_for
+from vqax.models.remat import policy_for
 
 Dtype = Any
 

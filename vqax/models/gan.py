@@ -14,7 +14,7 @@ the projection of the condition (one-hot y, so embed(y) is a learned class vecto
 and the embedding are wrapped in `nn.SpectralNorm`; its power-iteration vectors live in the 'batch_stats'
 collection: apply with `update_stats=True, mutable=['batch_stats']` in training steps.
 
-Both networks take `dtype` (compute; params stay float32) and `remat_policy` (per block, `vqax.memory.remat`).
+Both networks take `dtype` (compute; params stay float32) and `remat_policy` (per block, `vqax.models.remat`).
 """
 from typing import Any
 
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from vqax.errors import ConfigError
-from vqax.memory.remat import maybe_remat, policy_for
+from vqax.models.remat import maybe_remat, policy_for
 
 Dtype = Any
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from vqax.errors import ConfigError
-from vqax.memory.remat import policy_for
+from vqax.models.remat import policy_for
 
 Dtype = Any
 INPUT_ADAPTERS = ("pixels", "resize_rgb", "native")
