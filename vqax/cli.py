@@ -8,6 +8,8 @@
 User mistakes end with one line `vqax: error: ...` and exit status 2; no traceback.
 """
 import argparse
+import functools
+import json
 import logging
 import os
 import pathlib
@@ -84,20 +86,46 @@ def build_parser():
   parser = argparse.ArgumentParser(prog="vqax", description=__doc__.split("\n\n")[0])
   parser.add_argument("-v", "--verbose", action="store_true")
   sub = parser.add_subparsers(dest="command", required=True)
-  handlers, kinds = {}, {}
+  handlers, kinds, by_verb = {}, {}, {}
   for command in _generic_commands() + tasks.commands():
-    verb, _, kind = command.name.partition(" ")
+    by_verb.setdefault(command.name, []).append(command)
+  for name, commands in by_verb.items():
+    verb, _, kind = name.partition(" ")
     if kind:
       if verb not in kinds:
         kinds[verb] = sub.add_parser(verb, help=f"{verb} (one of several kinds)").add_subparsers(
             dest="kind", required=True)
-      p = kinds[verb].add_parser(kind, help=command.help)
-      handlers[(verb, kind)] = command.run
-    else:
-      p = sub.add_parser(verb, help=command.help)
-      handlers[verb] = command.run
-    command.add_arguments(p)
+      p = kinds[verb].add_parser(kind, help=commands[0].help)
+      handlers[(verb, kind)] = commands[0].run
+      commands[0].add_arguments(p)
+    elif len(commands) == 1:
+      p = sub.add_parser(verb, help=commands[0].help)
+      handlers[verb] = commands[0].run
+      commands[0].add_arguments(p)
+    else:  # several tasks define it: the trained workdir's task decides (see vqax.commands)
+      p = sub.add_parser(verb, help=f"{verb} with a trained model (options depend on the workdir's task: "
+                                    f"{', '.join(c.task for c in commands)})")
+      p.add_argument("--workdir", required=True)
+      handlers[verb] = functools.partial(_run_for_workdir_task, verb, {c.task: c for c in commands})
   return parser, handlers
+
+
+def _run_for_workdir_task(verb, by_task, args, extra):
+  """Parse the rest of the command line with the options of the task `--workdir` was trained with."""
+  from vqax.errors import ConfigError
+  config_path = pathlib.Path(args.workdir) / "config.json"
+  if not config_path.is_file():
+    raise ConfigError(f"--workdir {args.workdir}: no config.json (is this a vqax training folder?)")
+  trained = json.loads(config_path.read_text()).get("task")
+  if trained not in by_task:
+    raise ConfigError(f"--workdir {args.workdir}: `vqax {verb}` is not defined for task {trained!r} (it is for "
+                      f"{', '.join(by_task)})")
+  command = by_task[trained]
+  parser = argparse.ArgumentParser(prog=f"vqax {verb}", description=command.help)
+  command.add_arguments(parser)
+  task_args, task_extra = parser.parse_known_args(["--workdir", args.workdir] + list(extra))
+  task_args.command = verb
+  return command.run(task_args, task_extra)
 
 
 def main(argv=None) -> int:

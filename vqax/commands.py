@@ -1,8 +1,9 @@
 """A CLI subcommand that a task contributes (`Task.commands` names a module with a COMMANDS list).
 
 `name` is a verb ("score") or a verb and a kind ("synth dcase", "convert redimnet"): kinds of one verb from
-several tasks share one `vqax VERB` parser. Handlers import what they need when they run, so building the
-parser stays cheap.
+several tasks share one `vqax VERB` parser. A plain verb that several tasks define (`embed`) acts on a
+trained workdir: `vqax VERB --workdir W ...` runs the command of the task W was trained with. Handlers import
+what they need when they run, so building the parser stays cheap.
 """
 import dataclasses
 from typing import Callable
@@ -14,6 +15,7 @@ class Command:
   help: str
   add_arguments: Callable  # (argparse.ArgumentParser) -> None
   run: Callable  # (argparse.Namespace, list[str] extra arguments) -> result (ignored by the CLI)
+  task: str | None = None  # the registered task it belongs to (set by vqax.tasks.commands)
 
 
 def describe_manifest(manifest) -> str:

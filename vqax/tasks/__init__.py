@@ -44,9 +44,10 @@ def flag_for(config, field: str) -> str:
 
 def commands() -> list:
   """Every registered task's CLI subcommands (`vqax.commands.Command`), in registry order."""
+  import dataclasses
   found = []
   for name in REGISTRY:
     module = task_class(name).commands
     if module:
-      found.extend(importlib.import_module(module).COMMANDS)
+      found.extend(dataclasses.replace(c, task=name) for c in importlib.import_module(module).COMMANDS)
   return found
