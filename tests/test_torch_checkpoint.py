@@ -110,3 +110,16 @@ def test_matches_torch_save_when_torch_is_installed(tmp_path):
   loaded = load_torch_file(tmp_path / "x.ckpt")["state_dict"]
   for key, value in state.items():
     np.testing.assert_array_equal(loaded[key], value.float().numpy())
+
+
+def test_a_pickled_call_is_never_made(tmp_path, capsys):
+  """A checkpoint that pickles a call (here print) loads it as an inert record; nothing runs."""
+  class Evil:
+    def __reduce__(self):
+      return (print, ("pwned",))
+  with zipfile.ZipFile(tmp_path / "evil.bin", "w") as archive:
+    archive.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+  loaded = load_torch_file(tmp_path / "evil.bin")
+  assert isinstance(loaded["w"], Opaque) and "pwned" not in capsys.readouterr().out
+  with pytest.raises(CheckpointError, match="expected a state dict"):
+    find_state_dict(loaded, "evil.bin")

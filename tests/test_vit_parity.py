@@ -18,7 +18,6 @@ from conftest import shared_path
 
 from vqax.errors import CheckpointError
 from vqax.models import vit_convert
-from vqax.models.torch_state import load_torch_file
 
 ATOL = 1e-5
 
@@ -146,31 +145,6 @@ def test_v4_names_as_safetensors_and_torch_zip_convert_identically(fixture, conv
     state_dict, hf_config = vit_convert.read_checkpoint(source)
     variables = vit_convert.convert_state_dict(state_dict, vit_convert.vit_from_hf_config(hf_config))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), variables, reference)
-
-
-def test_torch_zip_reader_refuses_other_globals(tmp_path):
-  class Evil:
-    def __reduce__(self):
-      return (print, ("pwned",))
-  with zipfile.ZipFile(tmp_path / "evil.bin", "w") as archive:
-    archive.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
-  with pytest.raises(CheckpointError, match=r"print, which a weights-only reader"):
-    load_torch_file(tmp_path / "evil.bin")
-  (tmp_path / "plain.bin").write_bytes(pickle.dumps({"a": 1}))
-  with pytest.raises(CheckpointError, match="not a zip-format"):
-    load_torch_file(tmp_path / "plain.bin")
-
-
-def test_real_torch_save_reads_without_torch(tmp_path):
-  """When torch is installed, its own torch.save output (a strided view, bf16, int64) reads back exactly."""
-  torch = pytest.importorskip("torch")
-  state = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4).t(), "b": torch.tensor([1.5, -2.0]).bfloat16(),
-           "n": torch.tensor(7, dtype=torch.int64)}
-  torch.save(state, tmp_path / "s.pt")
-  loaded = load_torch_file(tmp_path / "s.pt")
-  np.testing.assert_array_equal(loaded["w"], np.arange(12, dtype=np.float32).reshape(3, 4).T)
-  np.testing.assert_array_equal(loaded["b"].astype(np.float32), [1.5, -2.0])
-  assert loaded["n"] == 7 and loaded["n"].dtype == np.int64
 
 
 def test_conversion_save_load_roundtrip_and_new_head(fixture, tmp_path):

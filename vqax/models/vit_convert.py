@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from vqax.errors import CheckpointError, ConfigError
 from vqax.models import vit as vit_lib
 from vqax.models.redimnet_convert import read_npz
-from vqax.models.torch_state import read_torch_state_dict
+from vqax.models.torch_checkpoint import find_state_dict, load_torch_file
 
 VARIABLES_DIR = "variables"
 CONFIG_FILE = "vit_config.json"
@@ -236,7 +236,7 @@ def read_checkpoint(src) -> tuple[dict, dict]:
   if weights.suffix == ".safetensors":
     state_dict = read_safetensors(weights)
   else:
-    state_dict = read_torch_state_dict(weights)
+    state_dict = find_state_dict(load_torch_file(weights), weights)
   return state_dict, hf_config
 
 
