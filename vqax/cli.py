@@ -35,7 +35,7 @@ def _add_score(sub):
   p = sub.add_parser("score", help="score test clips with a trained VQ-VAE")
   p.add_argument("--workdir", required=True)
   p.add_argument("--data_root", default=None, help="default: the data_root the model was trained on")
-  p.add_argument("--method", default=None, choices=("density", "recon", "both"))
+  p.add_argument("--method", default=None, choices=("latent", "density", "recon", "both", "all"))
   p.add_argument("--out", default=None, help="default: <workdir>/scores")
 
 
@@ -134,9 +134,8 @@ def cmd_train(args, extra):
 
 
 def cmd_score(args, extra):
-  _no_extra(extra)
-  from vqax.eval.anomaly import score_workdir
-  return score_workdir(args.workdir, data_root=args.data_root, out_dir=args.out, method=args.method)
+  from vqax.eval.anomaly import score_workdir  # extra: --config.score.<field>=<value> scoring options
+  return score_workdir(args.workdir, data_root=args.data_root, out_dir=args.out, method=args.method, overrides=extra)
 
 
 def cmd_demo(args, extra):
