@@ -93,7 +93,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # autoencoder, since it scored best on the demo set (docs/anomaly_study.md: the VQ-VAE's best, "latent",
   # stays ~5 points of mean AUC below both references).
   c.score.primary = "dcase_ae"
-  c.score.density_model = "position"  # position | row | bigram | knn (vqax/eval/code_density.py)
+  c.score.density_model = "knn"  # position | row | bigram | knn (vqax/eval/code_density.py; study: knn best)
   c.score.density_smoothing = 1.0  # additive (Laplace) smoothing of the code counts
   c.score.knn_k = 1  # neighbours for density_model="knn"
   c.score.density_per_id = True  # one density (and PCA) per machine ID (IDs are known at test time in DCASE)

@@ -176,7 +176,7 @@ def main(argv=None):
       for scorer in ("latent", "density", "recon"):
         if scorer != "density" and scoring[variant].get("density_model", "position") != "position":
           continue  # the density model changes only the density score
-        rows.append((f"{t_name} | {variant} | {scorer}", [by_seed[str(s)]["scoring"][variant][scorer] for s in seeds]))
+        rows.append((f"{t_name}, {variant}, {scorer}", [by_seed[str(s)]["scoring"][variant][scorer] for s in seeds]))
   types = sorted(rows[0][1][0]["types"]) if rows else []
   header = ["variant", "mean AUC %", "mean pAUC %", *(f"{t} AUC %" for t in types)]
   table = [header] + [[name, spread([r["auc"] for r in runs]), spread([r["pauc"] for r in runs]),
