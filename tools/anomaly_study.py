@@ -95,6 +95,7 @@ def score_run(workdir: pathlib.Path, data_root, scoring: dict, references: list[
 
 def _score_run(workdir: pathlib.Path, data_root, scoring: dict, references: list[str]) -> dict:
   import ml_collections
+
   from vqax.data import dcase
   from vqax.eval import anomaly, metrics
   from vqax.tasks.vqvae import feature_config
@@ -106,9 +107,9 @@ def _score_run(workdir: pathlib.Path, data_root, scoring: dict, references: list
   records = {v: {"latent": [], "density": [], "recon": []} for v in scoring}
   ref_records = {r: [] for r in references}
   for machine_type in dcase.resolve_machine_types(data_root, config.machine_type):
-    load = lambda split: anomaly.load_clips(dcase.list_clips(data_root, [machine_type], split), norm_stats,  # noqa: E731
-                                            feature_config(config), config.feature_cache_dir or None)
-    train, test = load("train"), load("test")
+    train, test = (anomaly.load_clips(dcase.list_clips(data_root, [machine_type], split), norm_stats,
+                                      feature_config(config), config.feature_cache_dir or None)
+                   for split in ("train", "test"))
     encoded = {}
     for variant, changes in scoring.items():
       settings = ml_collections.ConfigDict({**base.to_dict(), **changes})
@@ -121,12 +122,14 @@ def _score_run(workdir: pathlib.Path, data_root, scoring: dict, references: list
           clip.codes, clip.errors, clip.latents = codes, errors, latents
       scores = anomaly.vqvae_scores(train, test, settings, int(config.model.num_embeddings))
       for scorer, values in scores.items():
-        records[variant][scorer] += [(machine_type, c.record.machine_id, c.record.label, s) for c, s in zip(test, values)]
+        records[variant][scorer] += [(machine_type, c.record.machine_id, c.record.label, s)
+                                     for c, s in zip(test, values)]
     if references:
       ref = anomaly.reference_scores(train, test, base, references, seed=int(config.seed))
       for name, values in ref.items():
         ref_records[name] += [(machine_type, c.record.machine_id, c.record.label, s) for c, s in zip(test, values)]
-  out = {v: {s: summarise(metrics.anomaly_report(r)) for s, r in by_scorer.items()} for v, by_scorer in records.items()}
+  out = {v: {s: summarise(metrics.anomaly_report(r)) for s, r in by_scorer.items()}
+         for v, by_scorer in records.items()}
   if references:
     out["references"] = {name: summarise(metrics.anomaly_report(r)) for name, r in ref_records.items()}
   return out

@@ -49,7 +49,8 @@ def score_settings(config, overrides=()) -> ml_collections.ConfigDict:
   overrides = list(overrides)
   for arg in overrides:
     if arg.startswith("--") and not arg.startswith("--config.score."):
-      raise ConfigError(f"vqax score: {arg.split('=')[0]!r} is not a scoring option (expected --config.score.<field>=...)")
+      raise ConfigError(f"vqax score: {arg.split('=')[0]!r} is not a scoring option "
+                        "(expected --config.score.<field>=...)")
   wrapped = ml_collections.ConfigDict({"score": settings})
   return config_loading.apply_overrides(wrapped, overrides).score
 

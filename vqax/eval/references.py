@@ -19,7 +19,7 @@ from vqax.models.dcase_baseline import DcaseBaselineAE
 
 def context_vectors(features: np.ndarray, frames: int = 5) -> np.ndarray:
   """Log-mel [n_mels, T] -> [T - frames + 1, frames * n_mels], frame-major as in the DCASE baseline."""
-  n_mels, num_frames = features.shape
+  num_frames = features.shape[1]
   if num_frames < frames:
     raise DataError(f"clip has {num_frames} frames, fewer than one {frames}-frame context vector")
   count = num_frames - frames + 1
