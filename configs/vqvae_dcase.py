@@ -52,11 +52,30 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # Scoring.
   c.score = ml_collections.ConfigDict()
-  c.score.method = "density"  # "density" (code-index NLL), "recon" (reconstruction MSE) or "both"
-  c.score.density_smoothing = 1.0  # additive (Laplace) smoothing of per-position code counts
-  c.score.density_per_id = True  # one density per machine ID (IDs are known at test time in DCASE)
+  # method: "latent" (Mahalanobis distance of encoder latents), "density" (code-index NLL), "recon"
+  # (reconstruction MSE), "both" (density, recon) or "all" (latent, density, recon); docs/anomaly_study.md.
+  c.score.method = "all"
+  # Scorer whose scores go into the top-level DCASE CSVs ("": the first of method's). The DCASE baseline
+  # autoencoder, since it scored best on the demo set (docs/anomaly_study.md: the VQ-VAE's best, "latent",
+  # stays ~5 points of mean AUC below both references).
+  c.score.primary = "dcase_ae"
+  c.score.density_model = "knn"  # position | row | bigram | knn (vqax/eval/code_density.py; study: knn best)
+  c.score.density_smoothing = 1.0  # additive (Laplace) smoothing of the code counts
+  c.score.knn_k = 1  # neighbours for density_model="knn"
+  c.score.density_per_id = True  # one density (and PCA) per machine ID (IDs are known at test time in DCASE)
+  c.score.latent_shrinkage = 1e-3  # latent Gaussian: covariance + shrinkage * mean variance * identity
+  c.score.aggregate = "mean"  # patch scores -> clip score: mean | max | topk (the top topk_fraction)
+  c.score.topk_fraction = 0.25
   c.score.stride = 32  # frames between patch starts when scoring (all patches of a clip)
   c.score.max_fpr = 0.1
+  # References fitted on the same training clips in the same `vqax score` run (vqax/eval/references.py):
+  # "pca" and/or "dcase_ae" (the DCASE2020 baseline autoencoder) on context_frames-frame context vectors.
+  c.score.references = "pca,dcase_ae"
+  c.score.context_frames = 5
+  c.score.pca_components = 16
+  c.score.baseline_epochs = 20
+  c.score.baseline_batch_size = 512
+  c.score.baseline_learning_rate = 1e-3
 
   if variant == "demo":
     # make demo: 3 machine types x 2 IDs x 48 clips, 432 steps of 32 patches; under 10 minutes on 2 cores.
@@ -71,7 +90,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.warmup_steps = 20
     c.checkpoint_every_steps = 100
     c.log_every_steps = 36
-    c.score.method = "both"
   elif variant == "smoke":
     # Seconds on CPU: a narrow model for tests.
     c.batch_size = 4
@@ -87,6 +105,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.warmup_steps = 2
     c.log_every_steps = 1
     c.checkpoint_every_steps = 4
+    c.score.references = ""  # tests ask for the references they need
+    c.score.primary = ""
   elif variant:
     raise ValueError(f"unknown variant {variant!r}: expected '', 'demo' or 'smoke'")
   return c

@@ -55,6 +55,35 @@ def plot_roc(curves: Mapping[str, tuple], path, title: str = "ROC", max_fpr: flo
   return _save(fig, path)
 
 
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def plot_roc_comparison(curves: Mapping[str, Mapping[str, tuple]], path, title: str = "ROC",
+                        max_fpr: float = 0.1) -> pathlib.Path:
+  """ROC curves of several scorers in one figure: `{scorer: {group: (labels, scores)}}` (label 1 = anomaly).
+
+  One colour per scorer, one line style per group (e.g. machine ID); the legend gives AUC and pAUC.
+  """
+  if not curves or not any(curves.values()):
+    raise DataError("plot_roc_comparison: no curves to plot")
+  fig = Figure(figsize=(7, 6), dpi=100, layout="constrained")
+  ax = fig.add_subplot()
+  ax.axvspan(0.0, max_fpr, color="tab:gray", alpha=0.15, lw=0, label=f"pAUC region (FPR ≤ {max_fpr:g})")
+  ax.plot([0, 1], [0, 1], ls=":", color="gray", lw=1)
+  groups = sorted({g for by_group in curves.values() for g in by_group})
+  for i, (scorer, by_group) in enumerate(curves.items()):
+    color = f"C{i % 10}"
+    for group, (labels, scores) in by_group.items():
+      auc, pauc = metrics.auc_pauc(labels, scores, max_fpr)
+      fpr, tpr, _ = skm.roc_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64))
+      ax.plot(fpr, tpr, lw=1.5, color=color, ls=_LINESTYLES[groups.index(group) % len(_LINESTYLES)],
+              label=f"{scorer} {group}: AUC {100 * auc:.1f}%, pAUC {100 * pauc:.1f}%")
+  ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize="x-small")
+  return _save(fig, path)
+
+
 def plot_det(curves: Mapping[str, tuple], path, title: str = "DET") -> pathlib.Path:
   """DET curves on normal-deviate axes, one per entry `{name: (scores, labels)}`, EER points marked.
 
@@ -140,4 +169,4 @@ def plot_reconstructions(originals, reconstructions, path, n: int = 4) -> pathli
   return _save(fig, path)
 
 
-__all__ = ["plot_det", "plot_reconstructions", "plot_roc"]
+__all__ = ["plot_det", "plot_reconstructions", "plot_roc", "plot_roc_comparison"]

@@ -1,7 +1,7 @@
 """The VQ-VAE task's CLI subcommands.
 
   vqax synth dcase --out DIR     synthetic machine sounds in the DCASE2020 Task 2 layout
-  vqax score --workdir DIR       anomaly scores, AUC/pAUC tables, DCASE CSVs, ROC PNGs
+  vqax score --workdir DIR       VQ-VAE and reference scores side by side: AUC/pAUC tables, DCASE CSVs, ROC PNGs
 (`vqax demo` is generic: the task class names its demo config, data and evaluation.)
 """
 from vqax.commands import Command, describe_manifest
@@ -34,14 +34,14 @@ def _synth(args, extra):
 def _score_arguments(p):
   p.add_argument("--workdir", required=True)
   p.add_argument("--data_root", default=None, help="default: the data_root the model was trained on")
-  p.add_argument("--method", default=None, choices=("density", "recon", "both"))
+  p.add_argument("--method", default=None, choices=("latent", "density", "recon", "both", "all"))
   p.add_argument("--out", default=None, help="default: <workdir>/scores")
 
 
 def _score(args, extra):
-  _no_extra(extra)
-  from vqax.tasks.vqvae.scoring import score_workdir
-  return score_workdir(args.workdir, data_root=args.data_root, out_dir=args.out, method=args.method)
+  from vqax.tasks.vqvae.scoring import score_workdir  # extra: --config.score.<field>=<value> scoring options
+  return score_workdir(args.workdir, data_root=args.data_root, out_dir=args.out, method=args.method,
+                       overrides=extra)
 
 
 def _no_extra(extra):

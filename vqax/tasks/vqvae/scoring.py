@@ -1,25 +1,67 @@
-"""Anomaly scores of a trained VQ-VAE: code-index density and reconstruction error, per clip.
+"""Anomaly scores of a trained VQ-VAE side by side with reference detectors, per clip.
 
-Density model: for each machine type (and ID when `density_per_id`), a categorical distribution over
-code indices at each of the 8x8 latent positions, fitted on the training normals with additive
-smoothing. A clip's score is the mean negative log-likelihood of its codes over all its patches and
-positions; the reconstruction score is the mean squared error of all its patches.
+VQ-VAE scores (`score.method`), each fitted on the training normals (per machine ID when `density_per_id`):
+"latent", the Mahalanobis distance of the encoder's latent columns to a Gaussian (`vqax.eval.latent_density`);
+"density", the negative log-likelihood of a clip's code indices (`vqax.eval.code_density`); "recon", the
+reconstruction error of its patches. Patch scores become a clip score by `score.aggregate`
+(`vqax.eval.aggregate`). References (`score.references`, `vqax.eval.references`): a
+PCA detector and the DCASE2020 baseline autoencoder on 5-frame context vectors of the same normalised
+features, fitted on the same training clips in the same run. Every scorer gets AUC/pAUC per machine type
+and ID; `vqax score` prints them in one table and draws their ROC curves in one PNG per machine type.
 """
 import csv
+import dataclasses
 import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vqax.data import dcase
-from vqax.errors import DataError
-from vqax.eval import metrics, plots
+from vqax.errors import ConfigError, DataError
+from vqax.eval import aggregate as aggregation
+from vqax.eval import code_density, compare, latent_density, metrics, plots, references
 from vqax.tasks.vqvae.task import build_model, feature_config as feature_config_of
 from vqax.train.checkpointing import restore_trained
 
-SCORE_METHODS = {"density": ("density",), "recon": ("recon",), "both": ("density", "recon")}
+SCORE_METHODS = {"density": ("density",), "recon": ("recon",), "latent": ("latent",), "both": ("density", "recon"),
+                 "all": ("latent", "density", "recon")}
+REFERENCES = ("pca", "dcase_ae")
+
+# Scoring settings a workdir trained before they existed falls back to (configs/vqvae_dcase.py sets them).
+SCORE_DEFAULTS = {
+    "density_model": "position", "aggregate": "mean", "topk_fraction": 0.25, "knn_k": 1,
+    "references": "pca,dcase_ae",
+    "context_frames": 5, "pca_components": 16, "baseline_epochs": 20, "baseline_batch_size": 512,
+    "baseline_learning_rate": 1e-3, "primary": "", "latent_shrinkage": 1e-3,
+}
+
+
+def score_settings(config, overrides=()) -> ml_collections.ConfigDict:
+  """The config's `score` group with defaults for fields it predates, then `--config.score.*` overrides."""
+  from vqax import config_loading
+  settings = ml_collections.ConfigDict(config.score.to_dict())
+  for key, value in SCORE_DEFAULTS.items():
+    if key not in settings:
+      settings[key] = value
+  overrides = list(overrides)
+  for arg in overrides:
+    if arg.startswith("--") and not arg.startswith("--config.score."):
+      raise ConfigError(f"vqax score: {arg.split('=')[0]!r} is not a scoring option "
+                        "(expected --config.score.<field>=...)")
+  wrapped = ml_collections.ConfigDict({"score": settings})
+  return config_loading.apply_overrides(wrapped, overrides).score
+
+
+def reference_names(settings) -> list[str]:
+  names = [n.strip() for n in str(settings.references).split(",") if n.strip()]
+  unknown = [n for n in names if n not in REFERENCES]
+  if unknown:
+    raise ConfigError(f"score.references={settings.references!r}: unknown {', '.join(unknown)} "
+                      f"(expected a comma list of {', '.join(REFERENCES)}, or empty)")
+  return names
 
 
 def load_trained(workdir):
@@ -29,7 +71,7 @@ def load_trained(workdir):
 
 
 class PatchEncoder:
-  """Runs the model over patches in fixed-size chunks (one compile), returning codes and errors."""
+  """Runs the model over patches in fixed-size chunks (one compile): codes [N, 8, 8], errors [N], latents."""
 
   def __init__(self, model, params, chunk: int = 256):
     self.chunk = chunk
@@ -39,147 +81,192 @@ class PatchEncoder:
     def run(params, x):
       reconstruction, aux = model.apply({"params": params}, x)
       errors = jnp.mean((reconstruction - x) ** 2, axis=(1, 2, 3))
-      return aux["codes"], errors, reconstruction
+      latents = aux["latents"].reshape(aux["codes"].shape + (-1,))  # encoder outputs before quantisation
+      return aux["codes"], errors, latents
     self._run = run
 
   def __call__(self, patches: np.ndarray):
     n = patches.shape[0]
-    codes, errors, recons = [], [], []
+    outputs = []
     for start in range(0, n, self.chunk):
       part = patches[start:start + self.chunk]
       padded = np.zeros((self.chunk,) + part.shape[1:], np.float32)
       padded[:len(part)] = part
-      c, e, r = jax.device_get(self._run(self.params, padded))
-      codes.append(c[:len(part)])
-      errors.append(e[:len(part)])
-      recons.append(r[:len(part)])
-    return np.concatenate(codes), np.concatenate(errors), np.concatenate(recons)
+      outputs.append([a[:len(part)] for a in jax.device_get(self._run(self.params, padded))])
+    return tuple(np.concatenate(parts) for parts in zip(*outputs))
 
 
-def encode_clips(encoder: PatchEncoder, records, norm_stats, stride: int, feature_config, cache_dir=None):
-  """Per clip: codes [P, 8, 8] and reconstruction errors [P] (all stride-spaced patches)."""
-  outputs = []
-  batch_records, batch_patches = [], []
+@dataclasses.dataclass
+class Clip:
+  """One clip's normalised features and, once encoded, its patches' codes [P, 8, 8], reconstruction errors
+  [P] and encoder latents [P, 8, 8, D]."""
+  record: dcase.ClipRecord
+  features: np.ndarray
+  codes: np.ndarray | None = None
+  errors: np.ndarray | None = None
+  latents: np.ndarray | None = None
+
+
+def load_clips(records, norm_stats, feature_config, cache_dir=None) -> list[Clip]:
+  return [Clip(r, dcase.normalize(dcase.load_features(r, feature_config, cache_dir), norm_stats[r.machine_type]))
+          for r in records]
+
+
+def encode_clips(encoder: PatchEncoder, clips: list[Clip], stride: int) -> list[Clip]:
+  """Fills each clip's codes, errors and latents from all its `stride`-spaced patches (batched across clips)."""
+  pending = []
 
   def flush():
-    if not batch_patches:
+    if not pending:
       return
-    counts = [len(p) for p in batch_patches]
-    codes, errors, _ = encoder(np.concatenate(batch_patches))
-    offsets = np.cumsum([0] + counts)
-    for i, record in enumerate(batch_records):
-      outputs.append((record, codes[offsets[i]:offsets[i + 1]], errors[offsets[i]:offsets[i + 1]]))
-    batch_records.clear()
-    batch_patches.clear()
+    patches = [dcase.cut_patches(c.features, dcase.patch_starts(c.features.shape[1], stride)) for c in pending]
+    codes, errors, latents = encoder(np.concatenate(patches))
+    offsets = np.cumsum([0] + [len(p) for p in patches])
+    for i, clip in enumerate(pending):
+      part = slice(offsets[i], offsets[i + 1])
+      clip.codes, clip.errors, clip.latents = codes[part], errors[part], latents[part]
+    pending.clear()
 
-  for record in records:
-    features = dcase.normalize(dcase.load_features(record, feature_config, cache_dir), norm_stats[record.machine_type])
-    batch_records.append(record)
-    batch_patches.append(dcase.cut_patches(features, dcase.patch_starts(features.shape[1], stride)))
-    if sum(len(p) for p in batch_patches) >= encoder.chunk:
+  for clip in clips:
+    pending.append(clip)
+    if sum(len(dcase.patch_starts(c.features.shape[1], stride)) for c in pending) >= encoder.chunk:
       flush()
   flush()
-  return outputs
+  return clips
 
 
-class CodeDensity:
-  """Per-position categorical over code indices with additive smoothing."""
-
-  def __init__(self, num_embeddings: int, smoothing: float = 1.0):
-    self.num_embeddings = num_embeddings
-    self.smoothing = smoothing
-    self.counts = None
-
-  def fit(self, code_arrays) -> "CodeDensity":
-    flat = [c.reshape(c.shape[0], -1) for c in code_arrays]
-    positions = flat[0].shape[1]
-    counts = np.zeros((positions, self.num_embeddings), np.float64)
-    for codes in flat:
-      np.add.at(counts, (np.broadcast_to(np.arange(positions), codes.shape), codes), 1.0)
-    self.counts = counts
-    total = counts.sum(axis=1, keepdims=True)
-    self.log_probs = np.log((counts + self.smoothing) / (total + self.smoothing * self.num_embeddings))
-    return self
-
-  def score(self, codes: np.ndarray) -> float:
-    """Mean negative log-likelihood of a clip's codes [P, H, W]."""
-    flat = codes.reshape(codes.shape[0], -1)
-    return float(-np.mean(self.log_probs[np.arange(flat.shape[1])[None, :], flat]))
+def _groups(clips, per_id: bool) -> dict[str, list[Clip]]:
+  groups = {}
+  for clip in clips:
+    groups.setdefault(clip.record.machine_id if per_id else "all", []).append(clip)
+  return groups
 
 
-def score_workdir(workdir, *, data_root=None, out_dir=None, method=None, verbose: bool = True) -> dict:
-  """Score every test clip of the trained model in `workdir`; write JSON, DCASE CSVs and ROC PNGs."""
+def _fitted_per_group(train: list[Clip], test: list[Clip], per_id: bool, fit, what: str):
+  """{group: fit(training clips of the group)}, checking every test clip's group has training clips."""
+  fitted = {group: fit(clips) for group, clips in _groups(train, per_id).items()}
+  for clip in test:
+    if (clip.record.machine_id if per_id else "all") not in fitted:
+      raise DataError(f"{clip.record.path}: machine ID {clip.record.machine_id} has no training clips to fit "
+                      f"the {what}")
+  return lambda clip: fitted[clip.record.machine_id if per_id else "all"]
+
+
+def vqvae_scores(train: list[Clip], test: list[Clip], settings, num_embeddings: int) -> dict[str, list[float]]:
+  """{"latent": [...], "density": [...], "recon": [...]}: one score per test clip (clips must be encoded)."""
+  aggregation.check_aggregate(settings.aggregate, settings.topk_fraction)
+  clip_score = lambda units: aggregation.aggregate(units, settings.aggregate, settings.topk_fraction)  # noqa: E731
+  density_of = _fitted_per_group(
+      train, test, bool(settings.density_per_id),
+      lambda clips: code_density.build_density(settings.density_model, num_embeddings,
+                                               float(settings.density_smoothing), int(settings.knn_k))
+      .fit([c.codes for c in clips]), "code density")
+  density = []
+  for clip in test:
+    model = density_of(clip)
+    density.append(model.clip_score(clip.codes) if hasattr(model, "clip_score")
+                   else clip_score(model.patch_scores(clip.codes)))
+  gaussian_of = _fitted_per_group(
+      train, test, bool(settings.density_per_id),
+      lambda clips: latent_density.LatentGaussian(settings.latent_shrinkage).fit([c.latents for c in clips]),
+      "latent Gaussian")
+  return {"latent": [clip_score(gaussian_of(c).patch_scores(c.latents)) for c in test], "density": density,
+          "recon": [clip_score(c.errors) for c in test]}
+
+
+def reference_scores(train: list[Clip], test: list[Clip], settings, names, seed: int = 0) -> dict[str, list[float]]:
+  """{reference name: one score per test clip}, each detector fitted on the training clips' context vectors.
+
+  PCA follows `density_per_id` (one subspace per machine ID or per type); the baseline autoencoder is
+  trained per machine type on all its IDs, as the official baseline was.
+  """
+  frames = int(settings.context_frames)
+  vectors = lambda clips: np.concatenate([references.context_vectors(c.features, frames) for c in clips])  # noqa: E731
+  out = {}
+  for name in names:
+    if name == "pca":
+      detector_of = _fitted_per_group(train, test, bool(settings.density_per_id),
+                                      lambda clips: references.PCADetector(settings.pca_components).fit(vectors(clips)),
+                                      "PCA reference")
+    else:
+      detector = references.DcaseBaselineDetector(
+          epochs=settings.baseline_epochs, batch_size=settings.baseline_batch_size,
+          learning_rate=settings.baseline_learning_rate, seed=seed).fit(vectors(train))
+      detector_of = lambda clip, d=detector: d  # noqa: E731
+    out[name] = [detector_of(c).score(references.context_vectors(c.features, frames)) for c in test]
+  return out
+
+
+def score_workdir(workdir, *, data_root=None, out_dir=None, method=None, overrides=(), verbose: bool = True) -> dict:
+  """Score every test clip of the trained model in `workdir` and of the references fitted on its training
+  clips; write results.json, DCASE CSVs and one ROC PNG per machine type with every scorer."""
   workdir = pathlib.Path(workdir)
   config, model, params, step = load_trained(workdir)
-  method = method or config.score.method
+  settings = score_settings(config, overrides)
+  method = method or settings.method
   if method not in SCORE_METHODS:
-    raise DataError(f"--method {method!r}: expected density, recon or both")
+    raise DataError(f"--method {method!r}: expected one of {', '.join(SCORE_METHODS)}")
+  ref_names = reference_names(settings)
+  scorers = [*SCORE_METHODS[method], *ref_names]
+  primary = settings.primary or scorers[0]
+  if primary not in scorers:
+    raise ConfigError(f"score.primary={primary!r}: not among this run's scorers ({', '.join(scorers)})")
   data_root = data_root or config.data_root
   out_dir = pathlib.Path(out_dir or workdir / "scores")
   machine_types = dcase.resolve_machine_types(data_root, config.machine_type)
-  stats_path = config.norm_stats_path or workdir / "norm_stats.json"
-  norm_stats = dcase.load_norm_stats(stats_path, machine_types)
+  norm_stats = dcase.load_norm_stats(config.norm_stats_path or workdir / "norm_stats.json", machine_types)
   feature_config = feature_config_of(config)
   cache_dir = config.feature_cache_dir or None
   encoder = PatchEncoder(model, params)
-  stride = int(config.score.stride)
 
-  rows = {m: [] for m in SCORE_METHODS[method]}
   per_clip = []
   for machine_type in machine_types:
-    train = encode_clips(encoder, dcase.list_clips(data_root, [machine_type], "train"), norm_stats, stride,
-                         feature_config, cache_dir)
-    test = encode_clips(encoder, dcase.list_clips(data_root, [machine_type], "test"), norm_stats, stride,
-                        feature_config, cache_dir)
-    densities = {}
-    key = (lambda r: r.machine_id) if config.score.density_per_id else (lambda r: "all")
-    for group in sorted({key(r) for r, _, _ in train}):
-      densities[group] = CodeDensity(int(config.model.num_embeddings), float(config.score.density_smoothing)).fit(
-          [codes for r, codes, _ in train if key(r) == group])
-    for record, codes, errors in test:
-      density = densities.get(key(record))
-      if density is None:
-        raise DataError(f"{record.path}: machine ID {record.machine_id} has no training clips to fit a density")
-      scores = {"density": density.score(codes), "recon": float(np.mean(errors))}
-      per_clip.append({"file": record.name, "machine_type": machine_type, "machine_id": record.machine_id,
-                       "label": record.label, **scores})
-      for m in rows:
-        rows[m].append({"machine_type": machine_type, "machine_id": record.machine_id, "label": record.label,
-                        "score": scores[m]})
+    train = load_clips(dcase.list_clips(data_root, [machine_type], "train"), norm_stats, feature_config, cache_dir)
+    test = load_clips(dcase.list_clips(data_root, [machine_type], "test"), norm_stats, feature_config, cache_dir)
+    encode_clips(encoder, train + test, int(settings.stride))
+    scores = vqvae_scores(train, test, settings, int(config.model.num_embeddings))
+    scores.update(reference_scores(train, test, settings, ref_names, seed=int(config.seed)))
+    for i, clip in enumerate(test):
+      per_clip.append({"file": clip.record.name, "machine_type": machine_type, "machine_id": clip.record.machine_id,
+                       "label": clip.record.label, **{s: float(scores[s][i]) for s in scorers}})
 
-  reports = {m: metrics.anomaly_report(r, max_fpr=float(config.score.max_fpr)) for m, r in rows.items()}
-  _write_outputs(out_dir, per_clip, reports, SCORE_METHODS[method])
-  result = {"workdir": str(workdir), "checkpoint_step": step, "method": method, "reports": reports,
-            "out_dir": str(out_dir)}
+  max_fpr = float(settings.max_fpr)
+  reports = {s: metrics.anomaly_report([{**c, "score": c[s]} for c in per_clip], max_fpr=max_fpr) for s in scorers}
+  _write_outputs(out_dir, per_clip, reports, scorers, primary, max_fpr)
+  best = max(scorers, key=lambda s: reports[s]["mean"]["auc"])
+  result = {"workdir": str(workdir), "checkpoint_step": step, "method": method, "scorers": scorers,
+            "primary": primary, "best": best, "score_settings": settings.to_dict(), "reports": reports,
+            "clips": per_clip, "out_dir": str(out_dir)}
   (out_dir / "results.json").write_text(json.dumps(result, indent=1))
   if verbose:
-    for m, report in reports.items():
-      print(f"\nAnomaly detection by {m} score (AUC / pAUC at max FPR {config.score.max_fpr}), step {step}:")
-      print(metrics.format_anomaly_table(report))
-    print(f"\nwrote {out_dir}/results.json, DCASE CSVs and ROC PNGs")
+    print(f"\nAnomaly detection, AUC / pAUC % at max FPR {max_fpr:g} (VQ-VAE step {step}; "
+          f"aggregate={settings.aggregate}, density_model={settings.density_model}):")
+    print(compare.format_comparison_table(reports))
+    print(f"\nbest mean AUC: {best}; DCASE CSVs from {primary}; wrote {out_dir}/results.json and ROC PNGs")
   return result
 
 
-def _write_outputs(out_dir: pathlib.Path, per_clip, reports, methods):
+def _write_outputs(out_dir: pathlib.Path, per_clip, reports, scorers, primary, max_fpr):
   out_dir.mkdir(parents=True, exist_ok=True)
-  primary = methods[0]
-  # DCASE submission CSVs: anomaly_score_<machine_type>_id_<XX>.csv with "file name,score" rows.
+  # DCASE submission CSVs: anomaly_score_<machine_type>_id_<XX>.csv with "file name,score" rows; the
+  # primary scorer's in out_dir, the others' in out_dir/<scorer>/.
   groups = {}
   for clip in per_clip:
     groups.setdefault((clip["machine_type"], clip["machine_id"]), []).append(clip)
   for (machine_type, machine_id), clips in groups.items():
-    for m in methods:
-      folder = out_dir if m == primary else out_dir / m
+    for s in scorers:
+      folder = out_dir if s == primary else out_dir / s
       folder.mkdir(parents=True, exist_ok=True)
       with open(folder / f"anomaly_score_{machine_type}_id_{machine_id}.csv", "w", newline="") as f:
-        csv.writer(f).writerows([(c["file"], f"{c[m]:.6f}") for c in clips])
+        csv.writer(f).writerows([(c["file"], f"{c[s]:.6f}") for c in clips])
   for machine_type in sorted({c["machine_type"] for c in per_clip}):
     clips = [c for c in per_clip if c["machine_type"] == machine_type]
     curves = {}
-    for m in methods:
+    for s in scorers:
       for machine_id in sorted({c["machine_id"] for c in clips}):
         group = [c for c in clips if c["machine_id"] == machine_id]
         if len({c["label"] for c in group}) == 2:
-          curves[f"{m} id_{machine_id}"] = ([c["label"] for c in group], [c[m] for c in group])
+          curves.setdefault(s, {})[f"id_{machine_id}"] = ([c["label"] for c in group], [c[s] for c in group])
     if curves:
-      plots.plot_roc(curves, out_dir / f"roc_{machine_type}.png", title=f"{machine_type}: ROC per machine ID")
+      plots.plot_roc_comparison(curves, out_dir / f"roc_{machine_type}.png",
+                                title=f"{machine_type}: ROC per scorer and machine ID", max_fpr=max_fpr)

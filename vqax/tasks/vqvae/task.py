@@ -58,8 +58,8 @@ def validate_config(config) -> None:
   if config.phase1_epochs + config.phase3_epochs > config.epochs:
     raise ConfigError(f"phase1_epochs + phase3_epochs = {config.phase1_epochs + config.phase3_epochs} exceeds "
                       f"epochs={config.epochs}")
-  if config.score.method not in ("density", "recon", "both"):
-    raise ConfigError(f"score.method={config.score.method!r}: expected density, recon or both")
+  if config.score.method not in ("latent", "density", "recon", "both", "all"):
+    raise ConfigError(f"score.method={config.score.method!r}: expected latent, density, recon, both or all")
   if config.get("stereo", "downmix") not in ("downmix", "reject"):
     raise ConfigError(f"stereo={config.stereo!r}: expected downmix or reject")
   if config.nonfinite not in ("skip", "halt"):
