@@ -231,9 +231,9 @@ def main(argv=None) -> int:
     print(text)
     return 0
   chosen = [by_name[n] for n in args.tables.split(",") if n]
+  if args.target:
+    targets.use_cpu_backend_on_cpu_hosts()  # before JAX starts a backend
   target = targets.parse(args.target) if args.target else None
-  if target is not None:
-    targets.use_cpu_backend_on_cpu_hosts()
   for table in chosen:
     result = table.bench(target, fits=not args.no_fits)
     text = table.markdown(result)

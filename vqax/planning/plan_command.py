@@ -36,11 +36,11 @@ def add_arguments(p) -> None:
 def run(args, extra) -> dict:
   from vqax import config_loading, platforms, tasks
   from vqax.planning import planner, targets
-  target = targets.parse(args.target) if args.target else None
   config = tasks.apply_overrides(config_loading.load_config(args.config), extra)
   platforms.select_platform(config)
-  if target is not None:
-    targets.use_cpu_backend_on_cpu_hosts()
+  if args.target:
+    targets.use_cpu_backend_on_cpu_hosts()  # before JAX starts a backend (parsing "cpu" starts one)
+  target = targets.parse(args.target) if args.target else None
   devices = target.devices() if target is not None else None
   variants = [v for v in args.variants.split(",") if v]
   for v in variants:
