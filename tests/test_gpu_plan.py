@@ -102,7 +102,8 @@ class _Device:
 
 def test_compile_options_follow_the_device():
   assert planner.compiler_options(jax.devices("cpu")[0]) == {"xla_backend_optimization_level": 0}
-  assert planner.compiler_options(_Device("gpu", CompileOnlyPyClient())) == {"xla_gpu_enable_cub_radix_sort": False}
+  assert planner.compiler_options(_Device("gpu", CompileOnlyPyClient())) == {
+      "xla_gpu_enable_cub_radix_sort": False, "xla_gpu_enable_triton_gemm": False}
   assert planner.compiler_options(_Device("gpu", object())) == {}  # a GPU at hand sorts with CUB as training does
 
 

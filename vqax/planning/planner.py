@@ -153,13 +153,15 @@ def compiler_options(device) -> dict:
 
   A GPU that is not here (a compile-only device of `vqax plan --target`) cannot run CUB's radix sort, which
   XLA picks for large sorts (e.g. `random.choice` without replacement over every latent) and which needs the
-  CUDA runtime at compile time; XLA's own sort takes its place (the same figures where both compile). Other
-  backends keep their defaults.
+  CUDA runtime at compile time; XLA's own sort takes its place (the same figures where both compile). Nor
+  can it autotune, and without autotuning XLA 0.10.2's Triton GEMM fusions fail on some of ReDimNet's
+  attention matmuls ("Couldn't find output tile sizes"): those compiles use cuBLAS GEMMs instead (whose
+  workspace, like cuDNN's, is not in the figure). Other backends keep their defaults.
   """
   if device.platform == "cpu":
     return {"xla_backend_optimization_level": 0}
   if device.platform == "gpu" and compile_only(device):
-    return {"xla_gpu_enable_cub_radix_sort": False}
+    return {"xla_gpu_enable_cub_radix_sort": False, "xla_gpu_enable_triton_gemm": False}
   return {}
 
 
