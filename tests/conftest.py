@@ -14,6 +14,11 @@ import pytest
 jax.config.update("jax_compilation_cache_dir", os.environ.get("VQAX_TEST_JAX_CACHE", "/tmp/vqax-test-jax-cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# A CPU-only host with JAX's CUDA plugin installed (the [plan-gpu] extra) starts only JAX's CPU backend, as
+# `vqax plan --target` does: quiet, and the plugin stays usable for compiling to GPU targets.
+from vqax.planning.targets import use_cpu_backend_on_cpu_hosts  # noqa: E402
+
+use_cpu_backend_on_cpu_hosts()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("VQAX_SHARED", REPO.parent / "shared"))

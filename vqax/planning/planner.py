@@ -3,7 +3,8 @@
 The planner builds the same `Trainer` that training builds (the task's program for its `planning_info()`)
 and lowers the same `compile_train_step(phase)` from shapes alone (state by `jax.eval_shape`, batch from
 the program's `batch_spec`), so XLA reports the memory of the program training would run, on the backend at
-hand (the CPU here; the GPU/TPU where there is one). No data is read and nothing runs.
+hand (the CPU here; the GPU/TPU where there is one) or for the devices passed in, such as the compile-only
+devices of a GPU that is not here (`targets.py`, `vqax plan --target`). No data is read and nothing runs.
 
 Per device:  compiled peak = argument + output + temp - alias bytes (`Compiled.memory_analysis()`).
 Arguments split into parameters, model state, optimizer state, gradient accumulator (optax.MultiSteps'
@@ -147,19 +148,33 @@ def lower_train_step(config, *, task=None, devices=None):
   return trainer, lowered, state, batch
 
 
-def compiler_options(platform: str) -> dict:
+def compiler_options(device) -> dict:
   """XLA:CPU's LLVM optimisations take half of a compile and change no buffer: plans skip them.
 
-  Other backends keep their defaults (code generation is not what makes a plan slow there).
+  A GPU that is not here (a compile-only device of `vqax plan --target`) cannot run CUB's radix sort, which
+  XLA picks for large sorts (e.g. `random.choice` without replacement over every latent) and which needs the
+  CUDA runtime at compile time; XLA's own sort takes its place (the same figures where both compile). Nor
+  can it autotune, and without autotuning XLA 0.10.2's Triton GEMM fusions fail on some of ReDimNet's
+  attention matmuls ("Couldn't find output tile sizes"): those compiles use cuBLAS GEMMs instead (whose
+  workspace, like cuDNN's, is not in the figure). Other backends keep their defaults.
   """
-  return {"xla_backend_optimization_level": 0} if platform == "cpu" else {}
+  if device.platform == "cpu":
+    return {"xla_backend_optimization_level": 0}
+  if device.platform == "gpu" and compile_only(device):
+    return {"xla_gpu_enable_cub_radix_sort": False, "xla_gpu_enable_triton_gemm": False}
+  return {}
+
+
+def compile_only(device) -> bool:
+  """Whether `device` is a compile-only one (a target's description, not a device on this machine)."""
+  return type(getattr(device, "client", None)).__name__ == "CompileOnlyPyClient"
 
 
 def plan(config, variant: str = "config", flags=(), *, devices=None) -> MemoryPlan:
   """Compile `config`'s train step ahead of time and break its per-device memory down."""
   trainer, lowered, state, batch = lower_train_step(config, devices=devices)
   device = trainer.mesh.devices.flat[0]
-  analysis = lowered.compile(compiler_options(device.platform)).memory_analysis()
+  analysis = lowered.compile(compiler_options(device)).memory_analysis()
   optimizer_state, accumulator = _split_optimizer_state(state.opt_state)
   memory = memory_settings(config)
   return MemoryPlan(
@@ -343,8 +358,8 @@ def format_table(rows: list[list[str]]) -> str:
   return "\n".join([line(rows[0]), line(["-" * w for w in widths])] + [line(r) for r in rows[1:]])
 
 
-def format_plans(plans: dict[str, MemoryPlan]) -> str:
-  """Side-by-side table, one column per plan, bytes per device."""
+def format_plans(plans: dict[str, MemoryPlan], memory: int | None = None) -> str:
+  """Side-by-side table, one column per plan, bytes per device (and the peak's share of `memory`, if given)."""
   ps = list(plans.values())
   rows = [["per device"] + list(plans),
           ["compute, remat"] + [f"{p.compute_dtype}, {p.remat_policy}" for p in ps],
@@ -355,6 +370,8 @@ def format_plans(plans: dict[str, MemoryPlan]) -> str:
     if attr in ("model_state", "accumulator") and not any(values):
       continue
     rows.append([label] + [format_bytes(v) for v in values])
+  if memory:
+    rows.append([f"of {format_bytes(memory)}"] + [f"{100 * p.peak / memory:.1f}%" for p in ps])
   base = plans.get("plain")
   if base is not None:
     rows.append(["vs plain"] + [f"{100 * (p.peak / base.peak - 1):+.0f}%" for p in ps])
