@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vqax.errors import CheckpointError
+from vqax.models.conversion import check_converted_tree
 from vqax.models.dreams import DreaMS, init_variables
 from vqax.models.torch_checkpoint import Opaque, find_state_dict, load_torch_file
 
@@ -188,20 +189,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model: DreaMS) -> d
   if unexpected:
     raise CheckpointError(f"state dict key {unexpected[0]!r} is not part of this DreaMS config "
                           f"({len(unexpected)} unexpected keys)")
-  _check_tree(c.variables, jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 4)))
+  check_converted_tree(c.variables, jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 4)))
   return c.variables
 
-
-def _check_tree(variables: dict, abstract: dict) -> None:
-  got = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(variables)}
-  want = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(abstract)}
-  for name in sorted(set(want) | set(got)):
-    if name not in got:
-      raise CheckpointError(f"Flax variable {name} was not filled by any state dict key")
-    if name not in want:
-      raise CheckpointError(f"converted variable {name} does not exist in the Flax model")
-    if tuple(got[name]) != tuple(want[name]):
-      raise CheckpointError(f"Flax variable {name} got shape {tuple(got[name])}, expected {tuple(want[name])}")
 
 
 # ----------------------------------------------------------------------------------------------------------

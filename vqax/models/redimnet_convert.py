@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from vqax.audio.melbanks import MelBanks, hamming_window
 from vqax.errors import CheckpointError, ConfigError
+from vqax.models.conversion import check_converted_tree
 from vqax.models.redimnet import (ReDimNet, config_to_json, conv_groups, melbank_kwargs,
                                    normalize_config, redimnet_from_config)
 
@@ -239,22 +240,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config: dict)
                               f"(max abs diff {diff:.3g}); the JAX front end would compute other features")
     if entry.collection is not None:
       _set(variables, (entry.collection, *entry.path), entry.to_flax(array.astype(np.float32)))
-  _check_tree(variables, _abstract_variables(model))
+  check_converted_tree(variables, _abstract_variables(model))
   return variables
 
-
-def _check_tree(variables: dict, abstract: dict) -> None:
-  """Every Flax leaf filled, nothing extra, shapes as `init` makes them."""
-  got = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(variables)}
-  want = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(abstract)}
-  for name in sorted(set(want) | set(got)):
-    if name not in got:
-      raise CheckpointError(f"Flax variable {name} was not filled by any state_dict key")
-    if name not in want:
-      raise CheckpointError(f"converted variable {name} does not exist in the Flax model")
-    if tuple(got[name]) != tuple(want[name]):
-      raise CheckpointError(f"Flax variable {name} got shape {tuple(got[name])}, "
-                            f"expected {tuple(want[name])}")
 
 
 # ----------------------------------------------------------------------------------------------------------
