@@ -2,6 +2,7 @@
 stays bit-identical, `vqax plan --fit max_peaks_n` finds its size, bad spectra stop `vqax train` with one line
 (or are skipped and counted), `embed` / `eval-spectra` work on a trained workdir (retrieval on the real
 pesticide spectra beside matchms), and converted official weights start a run."""
+import dataclasses
 import json
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 
 from conftest import REPO, shared_path
 from vqax import cli, config_loading, tasks
+from vqax.data.spectra import write_hdf5
 from vqax.data.synth_spectra import generate_spectra, make_runs, write_mgf
 from vqax.errors import CheckpointError
 from vqax.models.dreams import lin_float_int_frequencies
@@ -101,6 +103,16 @@ def test_bad_spectrum_stops_train_with_one_line(tmp_path, capsys, reason):
   assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_bad_hdf5_row_stops_train_with_one_line(tmp_path, capsys):
+  run, = make_runs(n_runs=1, n_molecules=10, molecules_per_run=10, seed=1)
+  bad = dataclasses.replace(run[1], mz=np.concatenate([[np.nan], run[1].mz[1:]]))
+  (tmp_path / "data").mkdir()
+  write_hdf5(tmp_path / "data" / "run.hdf5", [run[0], bad] + run[2:])
+  code, _, err = run_cli(capsys, "train", "--config", SMOKE, "--workdir", tmp_path / "w", "--data_root",
+                         tmp_path / "data", "--no_progress")
+  assert code == 2 and "run.hdf5: spectrum 1 (row 1): NaN or infinite m/z" in err and err.count("\n") == 1, err
+
+
 def test_bad_spectra_are_skipped_and_counted_and_truncated_files_named(tmp_path, capsys, caplog):
   data = _bad_folder(tmp_path / "data", BAD_SPECTRA["no peaks"] + BAD_SPECTRA["negative"])
   code, out, err = run_cli(capsys, "train", "--config", SMOKE, "--workdir", tmp_path / "w", "--data_root", data,
@@ -168,3 +180,14 @@ def test_converted_official_weights_start_the_run(tmp_path, capsys):
   wrong = tasks.apply_overrides(config_loading.load_config(SMOKE), args[:-1] + ["--config.model.n_layers=3", args[-1]])
   with pytest.raises(CheckpointError, match="model.n_layers=2"):
     tasks.create(wrong)
+
+
+def test_demo_makes_data_trains_and_evaluates_on_held_out_runs(tmp_path, capsys):
+  code, out, err = run_cli(capsys, "demo", "--task", "dreams", "--config", SMOKE, "--data_root",
+                           tmp_path / "synth" / "train", "--workdir", tmp_path / "run", "--config.epochs=1",
+                           "--config.eval.batch_size=256")
+  assert code == 0, err
+  assert sorted(p.name for p in (tmp_path / "synth" / "test").iterdir()) == ["synth_run_08.mgf", "synth_run_09.mgf"]
+  result = json.loads((tmp_path / "run" / "eval_spectra" / "eval_spectra.json").read_text())
+  assert result["data"].endswith("test") and result["retention_order"]["ro_pairs"] > 1000
+  assert "DreaMS" in result["retrieval"] and "retention order" in out
