@@ -42,6 +42,21 @@ def trained(synth, tmp_path_factory):
   return workdir
 
 
+def test_synth_spectra_is_deterministic_and_keeps_what_it_made(tmp_path, capsys):
+  args = ["--train_runs", 2, "--test_runs", 1, "--n_molecules", 8]
+  for out in ("a", "b"):
+    code, printed, err = run_cli(capsys, "synth", "spectra", "--out", tmp_path / out, *args)
+    assert code == 0 and "3 runs" in printed, err
+  files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.mgf"))
+  assert [str(f) for f in files] == ["test/synth_run_02.mgf", "train/synth_run_00.mgf", "train/synth_run_01.mgf"]
+  assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+  before = (tmp_path / "a" / files[0]).stat().st_mtime_ns
+  assert run_cli(capsys, "synth", "spectra", "--out", tmp_path / "a", *args)[0] == 0  # the same set: kept
+  assert (tmp_path / "a" / files[0]).stat().st_mtime_ns == before
+  code, _, err = run_cli(capsys, "synth", "spectra", "--out", tmp_path / "a", "--seed", 1, *args)
+  assert code == 2 and "other settings (seed)" in err
+
+
 def test_smoke_trains_resumes_and_keeps_the_fourier_table_frozen(synth, tmp_path, capsys):
   workdir = tmp_path / "run"
   args = ["train", "--config", SMOKE, "--workdir", workdir, "--data_root", synth / "train", "--no_progress"]
