@@ -27,9 +27,10 @@ from vqax.train.checkpointing import restore_trained
 
 
 def load_trained(workdir):
-  """(config, model in float32 without remat, variables, step) of the newest checkpoint in `workdir`."""
+  """(config, model, variables, step) of the newest checkpoint in `workdir`; the model computes in float32
+  without remat and with XLA's attention (the same function on any backend)."""
   config, state, step = restore_trained(workdir, "dreams", "evaluate")
-  model = build_model(config).clone(dtype=jnp.float32, remat_policy="none")
+  model = build_model(config).clone(dtype=jnp.float32, remat_policy="none", attention_backend=None)
   return config, model, {"params": state["params"]}, step
 
 
