@@ -5,7 +5,7 @@
   python -m tools.bench_train --no_compile           # skip torch.compile (its first compile takes minutes)
   python -m tools.bench_train --cases redimnet_b2 --runners "vqax,torch eager" --append   # fewer workers
 
-Needs the torch extra (`pip install -e '.[torch]'`, the CPU build). For each case the runners are worker
+Needs the torch extra (`pip install -e '.[torch]'`, the CPU build), except the dreams case (vqax runners only). For each case the runners are worker
 processes of this one (so each one's peak RSS is its own), started from one set of weights:
   vqax             the trainer's own jitted step (`make_trainer` + `compile_train_step`), compiled first;
   vqax plain       VQ-VAE only: the same step with the textbook layers (strided conv, nn.ConvTranspose-style
@@ -79,12 +79,10 @@ def bench_config(task: str, overrides: dict):
   """The case's config, with every schedule that would differ from the PyTorch step switched off."""
   from vqax import config_loading
   config = config_loading.load_config(str(REPO / "configs" / CONFIG_FILES[task]))
-  if task == "dreams":
-    pass  # one phase; its masking and dropout draw from the step's own key
-  elif task == "vqvae":
+  if task == "vqvae":
     config.phase1_epochs = 0  # the "full" phase: every parameter trains
     config.commitment_warmup_epochs = 0  # PyTorch uses commitment_cost from the start
-  else:
+  elif task == "redimnet_mrl":  # (dreams has one phase; masking and dropout draw from the step's own key)
     config.freeze_backbone_epochs = 0
     config.margin_ramp_end_epoch = 0  # the full margin from the start, as the PyTorch loss
     config.model.num_classes = SPEAKER_CLASSES
