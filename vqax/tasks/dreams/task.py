@@ -140,14 +140,17 @@ class DreaMSTask(Task):
   def make_demo_data(cls, data_root: str) -> None:
     from vqax.data.synth_spectra import generate_spectra
     root = pathlib.Path(data_root)
-    generate_spectra(root.parent if root.name == "train" else root, seed=0)  # a no-op when already there
+    if root.name != "train":
+      raise ConfigError(f"--data_root {root}: the dreams demo trains on a folder named train (the synthetic set "
+                        f"goes to its parent, with the held-out test/ runs beside it)")
+    generate_spectra(root.parent, seed=0)  # a no-op when the same set is already there
 
   @classmethod
   def evaluate_demo(cls, workdir: str):
     from vqax.tasks.dreams.evaluation import evaluate_workdir
     config = json.loads((pathlib.Path(workdir) / "config.json").read_text())
     root = pathlib.Path(config["data_root"])
-    held_out = root.parent / "test" if root.name == "train" and (root.parent / "test").is_dir() else root
+    held_out = root.parent / "test" if (root.parent / "test").is_dir() else root
     return evaluate_workdir(workdir, held_out)
 
   def __init__(self, config):
