@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vqax.errors import ConfigError
-from vqax.models.dreams import (DreaMS, count_params, dreams_tiny, frozen_params_mask, init_variables,
+from vqax.models.dreams import (DreaMS, FourierFeatures, count_params, dreams_tiny, frozen_params_mask, init_variables,
                                 lin_float_int_frequencies)
 from vqax.models.dreams_objectives import dreams_pretraining_loss
 
@@ -35,25 +35,29 @@ def _random_pairs(rng, batch=2, peaks=12, padded=4):
   return jnp.asarray(spec, jnp.float32)
 
 
-@pytest.mark.parametrize("overrides", [dict(remat_policy="full"), dict(remat_policy="dots_saveable"),
-                                       dict(graphormer_bias="materialized")])
-def test_variants_compute_the_same_function(overrides):
+@pytest.fixture(scope="module")
+def base_outputs():
+  """The small model's variables, input pairs and outputs, computed once for every variant compared."""
   base = _small()
   spec = _random_pairs(np.random.default_rng(0))
   variables = init_variables(base, jax.random.key(1), spec.shape[-2] - 1)
-  out, _ = base.apply(variables, spec)
-  other, _ = base.clone(**overrides).apply(variables, spec)
+  return base, variables, spec, jax.jit(base.apply)(variables, spec)[0]
+
+
+@pytest.mark.parametrize("overrides", [dict(remat_policy="full"), dict(remat_policy="dots_saveable"),
+                                       dict(graphormer_bias="materialized")])
+def test_variants_compute_the_same_function(base_outputs, overrides):
+  base, variables, spec, out = base_outputs
+  other, _ = jax.jit(base.clone(**overrides).apply)(variables, spec)
   np.testing.assert_allclose(other["per_peak"], out["per_peak"], atol=2e-5)
   np.testing.assert_allclose(other["ro_logit"], out["ro_logit"], atol=2e-5)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_stays_close():
-  model = _small()
-  spec = _random_pairs(np.random.default_rng(0))
+def test_bfloat16_compute_keeps_float32_params_and_stays_close(base_outputs):
+  model, _, spec, out = base_outputs
   variables = init_variables(model.clone(dtype=jnp.bfloat16), jax.random.key(1), spec.shape[-2] - 1)
   chex.assert_trees_all_equal_dtypes(variables, jax.tree.map(lambda a: a.astype(jnp.float32), variables))
-  out, _ = model.apply(variables, spec)
-  low, _ = model.clone(dtype=jnp.bfloat16).apply(variables, spec)
+  low, _ = jax.jit(model.clone(dtype=jnp.bfloat16).apply)(variables, spec)
   assert low["per_peak"].dtype == jnp.bfloat16
   err = float(jnp.max(jnp.abs(low["embedding"].astype(jnp.float32) - out["embedding"])))
   assert err < 0.1, err
@@ -73,10 +77,13 @@ def test_training_step_gradients_and_frozen_fourier_table():
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads[name])), name
   mask = frozen_params_mask(params, model)
   assert mask["fourier_enc"]["b"] is False and mask["ro_out"]["kernel"] is True
-  trainable = _small(fourier_trainable=True, n_layers=1)
-  params = init_variables(trainable, jax.random.key(1), spec.shape[-2] - 1)["params"]
-  grads_t = jax.jit(jax.grad(lambda p: dreams_pretraining_loss(trainable, p, batch, jax.random.key(2))[0]))(params)
-  assert float(jnp.max(jnp.abs(grads_t["fourier_enc"]["b"]))) > 0
+  # fourier_trainable lets gradients reach the table (the module alone: the same stop_gradient switch).
+  mz = jnp.asarray([[[120.5], [300.25]]])
+  for trainable in (False, True):
+    module = FourierFeatures(x_min=1e-2, trainable=trainable)
+    table = module.init(jax.random.key(0), mz)
+    grad = jax.grad(lambda v: jnp.sum(module.apply(v, mz)[..., ::7]))(table)["params"]["b"]
+    assert (float(jnp.max(jnp.abs(grad))) > 0) is trainable
 
 
 def test_bad_fields_raise_config_error():

@@ -5,7 +5,7 @@
   python -m tools.bench_train --no_compile           # skip torch.compile (its first compile takes minutes)
   python -m tools.bench_train --cases redimnet_b2 --runners "vqax,torch eager" --append   # fewer workers
 
-Needs the torch extra (`pip install -e '.[torch]'`, the CPU build). For each case the runners are worker
+Needs the torch extra (`pip install -e '.[torch]'`, the CPU build), except the dreams case (vqax runners only). For each case the runners are worker
 processes of this one (so each one's peak RSS is its own), started from one set of weights:
   vqax             the trainer's own jitted step (`make_trainer` + `compile_train_step`), compiled first;
   vqax plain       VQ-VAE only: the same step with the textbook layers (strided conv, nn.ConvTranspose-style
@@ -59,7 +59,11 @@ CASES = {
                     "s audio"),
     "redimnet_b2": ("redimnet_mrl", {"model.size": "b2", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
                     "s audio"),
+    # The full DreaMS (116 M parameters) at the seed's size, 2 pairs x 101 tokens; vqax runners only (the
+    # official PyTorch model is not in tools/torch_models.py).
+    "dreams_2x101": ("dreams", {"batch_size": 2, "max_peaks_n": 100}, 2, "pairs"),
 }
+CONFIG_FILES = {"vqvae": "vqvae_dcase.py", "redimnet_mrl": "redimnet_mrl.py", "dreams": "dreams.py"}
 KEPT = " +kept memory"
 HUGE = " +huge pages"
 BF16 = " bf16"
@@ -74,12 +78,11 @@ PLAIN_LAYERS = {"model.layer_forms": "xla"}  # XLA's own layers: the same functi
 def bench_config(task: str, overrides: dict):
   """The case's config, with every schedule that would differ from the PyTorch step switched off."""
   from vqax import config_loading
-  config = config_loading.load_config(str(REPO / "configs" / ("vqvae_dcase.py" if task == "vqvae" else
-                                                                "redimnet_mrl.py")))
+  config = config_loading.load_config(str(REPO / "configs" / CONFIG_FILES[task]))
   if task == "vqvae":
     config.phase1_epochs = 0  # the "full" phase: every parameter trains
     config.commitment_warmup_epochs = 0  # PyTorch uses commitment_cost from the start
-  else:
+  elif task == "redimnet_mrl":  # (dreams has one phase; masking and dropout draw from the step's own key)
     config.freeze_backbone_epochs = 0
     config.margin_ramp_end_epoch = 0  # the full margin from the start, as the PyTorch loss
     config.model.num_classes = SPEAKER_CLASSES
@@ -93,6 +96,15 @@ def make_batch(task: str, config, seed: int = 0):
   if task == "vqvae":
     shape = (int(config.batch_size), int(config.n_patches), 64, 64, 1)
     return {"patches": rng.standard_normal(shape).astype(np.float32)}
+  if task == "dreams":  # pairs of synthetic spectra from one run, preprocessed as the loader does
+    from vqax.data.spectra import preprocess_many
+    from vqax.data.synth_spectra import make_runs
+    run, = make_runs(n_runs=1, n_molecules=40, molecules_per_run=40, seed=seed)
+    b = int(config.batch_size)
+    spectra = [run[i % len(run)] for i in range(2 * b)]
+    spec = preprocess_many(spectra, int(config.max_peaks_n)).reshape(b, 2, int(config.max_peaks_n) + 1, 2)
+    labels = np.asarray([spectra[2 * i].rt < spectra[2 * i + 1].rt for i in range(b)], np.float32)
+    return {"spec": spec, "ro_label": labels}
   samples = int(round(float(config.segment_seconds) * 16000))
   return {"wave": (0.1 * rng.standard_normal((int(config.batch_size), samples))).astype(np.float32),
           "label": rng.integers(0, SPEAKER_CLASSES, int(config.batch_size)).astype(np.int32)}
@@ -290,15 +302,18 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
   task_name, overrides, samples, unit = CASES[name]
   with tempfile.TemporaryDirectory(prefix="vqax-bench-") as tmp:
     config = bench_config(task_name, overrides)
-    prepare_weights(task_name, config, pathlib.Path(tmp))
-    if task_name != "vqvae":
+    if task_name == "dreams":  # no PyTorch DreaMS here: the vqax runners only, from vqax's initialisation
+      runners = [r for r in runners if framework(r) in ("vqax", BASELINE)]
+    else:
+      prepare_weights(task_name, config, pathlib.Path(tmp))
+    if task_name not in ("vqvae", "dreams"):
       runners = [r for r in runners if framework(r) != "vqax plain"]
     ctx = mp.get_context("spawn")
     workers, rows = {}, {r: {"runner": r} for r in runners}
     for r in runners:
       run_config = bench_config(task_name, {**overrides, **(PLAIN_LAYERS if framework(r) == "vqax plain" else {}),
                                             **({"compute_dtype": "bfloat16"} if is_bf16(r) else {})})
-      if task_name != "vqvae":
+      if task_name == "redimnet_mrl":
         run_config.init_from = config.init_from  # the converted PyTorch initialisation
       parent, child = ctx.Pipe()
       baseline = ((baseline_tree, task_name, name, run_config.get("init_from", "")) if framework(r) == BASELINE
@@ -392,8 +407,12 @@ def table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def machine(with_torch: bool = True) -> str:
-  """The host's CPU, core count and framework versions, as the benchmarks record them."""
+def machine(with_torch: bool | None = None) -> str:
+  """The host's CPU, core count and framework versions, as the benchmarks record them (torch's when it is
+  installed, unless with_torch says)."""
+  if with_torch is None:
+    import importlib.util
+    with_torch = importlib.util.find_spec("torch") is not None
   cpu = platform.processor() or platform.machine()
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():

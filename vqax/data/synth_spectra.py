@@ -107,3 +107,41 @@ def write_synthetic_runs(out_dir, fmt: str = "mgf", **kwargs) -> list[pathlib.Pa
     else:
       paths.append(write_hdf5(out_dir / f"{stem}.hdf5", spectra))
   return paths
+
+
+_GENERATOR = "vqax.data.synth_spectra"
+_VERSION = 1
+
+
+def generate_spectra(out_dir, *, seed: int = 0, train_runs: int = 8, test_runs: int = 2, n_molecules: int = 60,
+                     molecules_per_run: int = 30, fmt: str = "mgf", overwrite: bool = False) -> dict:
+  """The `vqax synth spectra` data set: train/ and test/ runs of one molecule library (so the test runs
+  hold new measurements of molecules seen in training). A no-op when out_dir already holds the same set;
+  returns its manifest."""
+  from vqax.data.synth_dcase import check_count, check_seed, prepare_output, write_manifest
+  from vqax.errors import ConfigError
+  out = pathlib.Path(out_dir)
+  if fmt not in ("mgf", "hdf5"):
+    raise ConfigError(f"--format {fmt!r}: expected mgf or hdf5")
+  params = {"seed": check_seed(seed), "train_runs": check_count("train_runs", train_runs, 1),
+            "test_runs": check_count("test_runs", test_runs, 0), "n_molecules": check_count("n_molecules", n_molecules, 2),
+            "molecules_per_run": check_count("molecules_per_run", molecules_per_run, 2), "format": fmt}
+  header = {"generator": _GENERATOR, "version": _VERSION, "params": params}
+  owned = lambda _old: sorted(p for split in ("train", "test") for p in (out / split).glob(f"synth_run_*.{fmt}"))
+  done = prepare_output(out, header, overwrite, owned)
+  if done is not None:
+    return done
+  runs = make_runs(n_runs=train_runs + test_runs, n_molecules=n_molecules, molecules_per_run=molecules_per_run,
+                   seed=seed)
+  files = {}
+  for r, spectra in enumerate(runs):
+    split = "train" if r < train_runs else "test"
+    folder = out / split
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{pathlib.Path(spectra[0].run).stem}.{fmt}"
+    (write_mgf if fmt == "mgf" else write_hdf5)(path, spectra)
+    files.setdefault(split, []).append({"file": f"{split}/{path.name}", "spectra": len(spectra)})
+  manifest = {**header, "complete": True, "n_files": len(runs), "files": files,
+              "total_spectra": sum(len(s) for s in runs)}
+  write_manifest(out, manifest)
+  return manifest

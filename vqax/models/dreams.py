@@ -251,7 +251,7 @@ class DreaMS(nn.Module):
     return num_mz_bins(self.max_mz, self.hot_mz_bin_size)
 
   def setup(self):
-    _validate(self)
+    validate(self)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.fourier_enc = FourierFeatures(self.fourier_x_min, self.max_mz, self.fourier_trainable)
     self.ff_fourier = FeedForward(self.ff_fourier_d, self.d_fourier, self.ff_fourier_depth, True, self.ffs_bias,
@@ -330,7 +330,8 @@ class DreaMS(nn.Module):
     return ~padding[:, None, None, :]
 
 
-def _validate(model: DreaMS) -> None:
+def validate(model: DreaMS) -> None:
+  """ConfigError naming the first field that does not make a DreaMS (sizes, forms, bins)."""
   if model.d_model % model.n_heads:
     raise ConfigError(f"d_peak + d_fourier = {model.d_model} is not divisible by n_heads = {model.n_heads}")
   for name, value, choices in (("graphormer_bias", model.graphormer_bias, GRAPHORMER_BIAS_FORMS),

@@ -13,6 +13,7 @@ from vqax.errors import ConfigError
 REGISTRY = {
     "vqvae": "vqax.tasks.vqvae.task:VQVAETask",
     "redimnet_mrl": "vqax.tasks.redimnet_mrl.task:ReDimNetMRLTask",
+    "dreams": "vqax.tasks.dreams.task:DreaMSTask",
 }
 
 
