@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 def feature_config(config) -> LogMelConfig:
   """The log-mel front end and file-reading rules the config asks for (training and scoring alike)."""
-  return LogMelConfig(resample=bool(config.get("resample", False)), downmix=config.get("stereo", "downmix") == "downmix")
+  return LogMelConfig(resample=bool(config.get("resample", False)),
+                      downmix=config.get("stereo", "downmix") == "downmix")
 
 
 def load_train_features(records, feature_config, cache_dir, skip_bad_files):
