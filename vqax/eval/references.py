@@ -98,8 +98,15 @@ class DcaseBaselineDetector:
                          seed=int(seed))
 
   def fit(self, vectors: np.ndarray) -> "DcaseBaselineDetector":
-    self.model, self.variables = fit_dcase_baseline(vectors, **self.settings)
-    model = self.model
+    return self._use(*fit_dcase_baseline(vectors, **self.settings))
+
+  @classmethod
+  def trained(cls, model: DcaseBaselineAE, variables) -> "DcaseBaselineDetector":
+    """A detector from an autoencoder trained elsewhere (the `dcase_baseline` task's checkpoint)."""
+    return cls()._use(model, variables)
+
+  def _use(self, model, variables) -> "DcaseBaselineDetector":
+    self.model, self.variables = model, variables
 
     @jax.jit
     def errors(variables, x):

@@ -10,6 +10,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vqax.models.remat import maybe_remat
+
 
 class DenseBlock(nn.Module):
   """Dense -> BatchNorm -> ReLU, as every hidden layer of the official baseline."""
@@ -28,19 +30,21 @@ class DcaseBaselineAE(nn.Module):
   """x [N, input_dim] -> reconstruction [N, input_dim] (float32).
 
   `model.apply(variables, x, train=False)` uses the BatchNorm running statistics; with `train=True` pass
-  `mutable=["batch_stats"]`.
+  `mutable=["batch_stats"]`. `remat_policy` (vqax.models.remat) recomputes each block in the backward pass.
   """
   input_dim: int = 320
   hidden: Sequence[int] = (128, 128, 128, 128)
   bottleneck: int = 8
   dtype: jnp.dtype = jnp.float32
+  remat_policy: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    block = maybe_remat(DenseBlock, self.remat_policy, static_argnums=(2,))  # (self, x, train)
     x = x.astype(self.dtype)
     for i, features in enumerate(self.hidden):
-      x = DenseBlock(features, self.dtype, name=f"enc{i}")(x, train)
-    x = DenseBlock(self.bottleneck, self.dtype, name="bottleneck")(x, train)
+      x = block(features, self.dtype, name=f"enc{i}")(x, train)
+    x = block(self.bottleneck, self.dtype, name="bottleneck")(x, train)
     for i, features in enumerate(self.hidden):
-      x = DenseBlock(features, self.dtype, name=f"dec{i}")(x, train)
+      x = block(features, self.dtype, name=f"dec{i}")(x, train)
     return nn.Dense(self.input_dim, dtype=self.dtype, name="output")(x).astype(jnp.float32)

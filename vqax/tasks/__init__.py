@@ -13,6 +13,7 @@ from vqax.errors import ConfigError
 REGISTRY = {
     "vqvae": "vqax.tasks.vqvae.task:VQVAETask",
     "redimnet_mrl": "vqax.tasks.redimnet_mrl.task:ReDimNetMRLTask",
+    "dcase_baseline": "vqax.tasks.dcase_baseline.task:DcaseBaselineTask",
     "dreams": "vqax.tasks.dreams.task:DreaMSTask",
 }
 

@@ -9,7 +9,6 @@ PCA detector and the DCASE2020 baseline autoencoder on 5-frame context vectors o
 features, fitted on the same training clips in the same run. Every scorer gets AUC/pAUC per machine type
 and ID; `vqax score` prints them in one table and draws their ROC curves in one PNG per machine type.
 """
-import csv
 import dataclasses
 import json
 import pathlib
@@ -22,7 +21,7 @@ import numpy as np
 from vqax.data import dcase
 from vqax.errors import ConfigError, DataError
 from vqax.eval import aggregate as aggregation
-from vqax.eval import code_density, compare, latent_density, metrics, plots, references
+from vqax.eval import anomaly_outputs, code_density, compare, latent_density, references
 from vqax.tasks.vqvae.task import build_model, feature_config as feature_config_of
 from vqax.train.checkpointing import restore_trained
 
@@ -231,8 +230,8 @@ def score_workdir(workdir, *, data_root=None, out_dir=None, method=None, overrid
                        "label": clip.record.label, **{s: float(scores[s][i]) for s in scorers}})
 
   max_fpr = float(settings.max_fpr)
-  reports = {s: metrics.anomaly_report([{**c, "score": c[s]} for c in per_clip], max_fpr=max_fpr) for s in scorers}
-  _write_outputs(out_dir, per_clip, reports, scorers, primary, max_fpr)
+  reports = anomaly_outputs.anomaly_reports(per_clip, scorers, max_fpr)
+  anomaly_outputs.write_outputs(out_dir, per_clip, scorers, primary, max_fpr)
   best = max(scorers, key=lambda s: reports[s]["mean"]["auc"])
   result = {"workdir": str(workdir), "checkpoint_step": step, "method": method, "scorers": scorers,
             "primary": primary, "best": best, "score_settings": settings.to_dict(), "reports": reports,
@@ -244,29 +243,3 @@ def score_workdir(workdir, *, data_root=None, out_dir=None, method=None, overrid
     print(compare.format_comparison_table(reports))
     print(f"\nbest mean AUC: {best}; DCASE CSVs from {primary}; wrote {out_dir}/results.json and ROC PNGs")
   return result
-
-
-def _write_outputs(out_dir: pathlib.Path, per_clip, reports, scorers, primary, max_fpr):
-  out_dir.mkdir(parents=True, exist_ok=True)
-  # DCASE submission CSVs: anomaly_score_<machine_type>_id_<XX>.csv with "file name,score" rows; the
-  # primary scorer's in out_dir, the others' in out_dir/<scorer>/.
-  groups = {}
-  for clip in per_clip:
-    groups.setdefault((clip["machine_type"], clip["machine_id"]), []).append(clip)
-  for (machine_type, machine_id), clips in groups.items():
-    for s in scorers:
-      folder = out_dir if s == primary else out_dir / s
-      folder.mkdir(parents=True, exist_ok=True)
-      with open(folder / f"anomaly_score_{machine_type}_id_{machine_id}.csv", "w", newline="") as f:
-        csv.writer(f).writerows([(c["file"], f"{c[s]:.6f}") for c in clips])
-  for machine_type in sorted({c["machine_type"] for c in per_clip}):
-    clips = [c for c in per_clip if c["machine_type"] == machine_type]
-    curves = {}
-    for s in scorers:
-      for machine_id in sorted({c["machine_id"] for c in clips}):
-        group = [c for c in clips if c["machine_id"] == machine_id]
-        if len({c["label"] for c in group}) == 2:
-          curves.setdefault(s, {})[f"id_{machine_id}"] = ([c["label"] for c in group], [c[s] for c in group])
-    if curves:
-      plots.plot_roc_comparison(curves, out_dir / f"roc_{machine_type}.png",
-                                title=f"{machine_type}: ROC per scorer and machine ID", max_fpr=max_fpr)

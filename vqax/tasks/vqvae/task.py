@@ -11,22 +11,18 @@ Phases (lengths in epochs from the config):
   3 "frozen_codebook": full loss; the codebook is frozen, encoder and decoder keep adapting to it.
 """
 import dataclasses
-import logging
 import pathlib
 
 import jax
 import jax.numpy as jnp
 
-from vqax.audio.features import LogMelConfig
 from vqax.data import dcase, dcase_loader
 from vqax.errors import ConfigError, DataError
 from vqax.models.precision import memory_settings
 from vqax.models.vqvae import VQVAE
 from vqax.ops import forms
-from vqax.train import distributed
+from vqax.tasks.dcase_clips import feature_config, load_train_features, training_norm_stats
 from vqax.train.task import BatchSizes, DataInfo, Phase, Program, Task, TrainData
-
-log = logging.getLogger(__name__)
 
 
 def build_model(config, platform: str | None = None) -> VQVAE:
@@ -40,11 +36,6 @@ def build_model(config, platform: str | None = None) -> VQVAE:
                num_embeddings=int(m.num_embeddings), dtype=memory.dtype, remat_policy=memory.remat_policy,
                remat_groups=memory.remat_groups,
                layer_forms=forms.resolve(setting, platform or jax.default_backend()))
-
-
-def feature_config(config) -> LogMelConfig:
-  """The log-mel front end and file-reading rules the config asks for (training and scoring alike)."""
-  return LogMelConfig(resample=bool(config.get("resample", False)), downmix=config.get("stereo", "downmix") == "downmix")
 
 
 def validate_config(config) -> None:
@@ -82,21 +73,6 @@ def commitment_weight(config, step, steps_per_epoch: int):
   return start + (end - start) * fraction
 
 
-def load_train_features(records, feature_config, cache_dir, skip_bad_files):
-  """Features of every training clip (also validates every file up front). Returns (kept, features, bad)."""
-  kept, features, bad = [], [], []
-  for record in records:
-    try:
-      features.append(dcase.load_features(record, feature_config, cache_dir or None))
-      kept.append(record)
-    except DataError as e:
-      if not skip_bad_files:
-        raise
-      log.warning("skipping bad file: %s", e)
-      bad.append(str(e))
-  return kept, features, bad
-
-
 class VQVAETask(Task):
   name = "vqvae"
   flag_aliases = {"n_patches": "n_patches", "stride": "stride", "machine_type": "machine_type",
@@ -132,18 +108,7 @@ class VQVAETask(Task):
     shortest = min(f.shape[1] for f in features)
     if c.stride > shortest:
       raise ConfigError(f"stride={c.stride} frames exceeds the shortest training clip ({shortest} frames)")
-    stats_path = pathlib.Path(c.norm_stats_path or pathlib.Path(workdir) / "norm_stats.json")
-    if c.norm_stats_path and stats_path.is_file():
-      norm_stats = dcase.load_norm_stats(stats_path, machine_types)
-    else:
-      by_type = {}
-      for record, feats in zip(records, features):
-        by_type.setdefault(record.machine_type, []).append(feats)
-      stats = dcase.compute_norm_stats(by_type)
-      if jax.process_index() == 0:  # every process computes the same; one writes, the others wait for it
-        dcase.save_norm_stats(stats_path, stats)
-      distributed.barrier("norm stats written")
-      norm_stats = dcase.load_norm_stats(stats_path, machine_types)
+    norm_stats, stats_path = training_norm_stats(c, workdir, records, features, machine_types)
     del features
     steps_per_epoch = max(1, len(records) // batch.global_batch)
     loader = dcase_loader.train_loader(records, norm_stats, batch_size=batch.per_process,
