@@ -13,6 +13,8 @@ from vqax.errors import ConfigError
 REGISTRY = {
     "vqvae": "vqax.tasks.vqvae.task:VQVAETask",
     "redimnet_mrl": "vqax.tasks.redimnet_mrl.task:ReDimNetMRLTask",
+    "spectrogram_gan": "vqax.tasks.spectrogram_gan.task:SpectrogramGanTask",
+    "vit_classifier": "vqax.tasks.vit_classifier.task:ViTClassifierTask",
 }
 
 
