@@ -22,6 +22,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.generator_channels = (256, 128, 64, 32)  # one x2 upsampling block each
   c.model.discriminator_channels = (32, 64, 128, 256)  # one /2 downsampling block each
 
+  # With remat on (memory_saver), each network also runs its samples in this many groups in turn: per-block
+  # remat alone barely lowers the peak here (see vqax/models/gan.py).
+  c.remat_groups = 8
+
   c.n_critic = 2  # discriminator updates per generator update, all in one jitted step
   c.gan_loss = "hinge"  # or "nonsaturating"
   c.ema_decay = 0.999  # generator EMA (what generation and evaluation use)

@@ -34,7 +34,8 @@ DEMO_SYNTH = dict(clips_per_class=24, seconds=2.0, sample_rate=16000)
 def build_networks(config, num_classes: int) -> tuple[gan.Generator, gan.Discriminator]:
   memory = memory_settings(config)
   m = config.model
-  kw = dict(num_classes=int(num_classes), remat_policy=memory.remat_policy, dtype=memory.dtype)
+  kw = dict(num_classes=int(num_classes), remat_policy=memory.remat_policy, remat_groups=memory.remat_groups,
+            dtype=memory.dtype)
   shape = data_lib.clip_config(config).shape
   generator = gan.Generator(n_mels=shape[0], frames=shape[1], latent_dim=int(m.latent_dim),
                             channels=tuple(int(c) for c in m.generator_channels), **kw)
