@@ -53,7 +53,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.input_adapter = "native"
     c.model.overrides = ml_collections.ConfigDict(dict(patch_size=8, hidden_size=64, mlp_dim=128, num_heads=4))
     c.unfreeze_schedule = ml_collections.ConfigDict({"0": ("all",)})
-    c.epochs = 40
+    c.epochs = 30
     c.batch_size = 16
     c.learning_rate = 1e-3
     c.warmup_steps = 20

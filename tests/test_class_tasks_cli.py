@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO
+
 from vqax import cli
 from vqax.data.synth_classes import generate_classes
 from vqax.train import trainer
@@ -42,6 +42,26 @@ def test_smoke_config_trains_and_resumes(capsys, tmp_path, data, config):
   assert rows and all(np.isfinite(r["loss"]) for r in rows)
   assert json.loads((tmp_path / "run" / "classes.json").read_text())["classes"] == ["chirp_up", "noise_band",
                                                                                      "tone_low"]
+
+
+def test_augmentation_loop_writes_its_table_distances_pictures_and_sounds(capsys, tmp_path, data):
+  """`vqax augment` after a (2-step) GAN: both settings over 2 seeds, the table, the Frechet distances,
+  faithfulness by class, grid and curve PNGs, one WAV per class."""
+  gan = str(tmp_path / "gan")
+  vqax(capsys, "train", "--config", GAN, "--workdir", gan, "--data_root", str(data), "--no_progress")
+  out = vqax(capsys, "augment", "--config", VIT, "--gan_workdir", gan, "--seeds", "2", "--per_class", "2",
+             "--out", str(tmp_path / "aug"))
+  assert "| real only |" in out and "| real + 2/class |" in out and "Frechet distance" in out
+  result = json.loads((tmp_path / "aug" / "results.json").read_text())
+  assert [len(v) for v in result["accuracies"].values()] == [2, 2]
+  assert all(0.0 <= a <= 1.0 for v in result["accuracies"].values() for a in v)
+  assert result["frechet_distance"] >= 0 and result["frechet_distance_real_train_vs_held_out"] >= 0
+  assert len(result["condition_faithfulness"]["per_class"]) == 3
+  for path in [result["grid_png"], result["curves_png"], *result["wavs"]]:
+    assert (tmp_path / "aug" / path.split("/")[-1]).stat().st_size > 1000, path
+  assert len(result["wavs"]) == 3
+  synthetic = np.load(tmp_path / "aug" / "real_plus_2" / "seed0" / "synthetic.npy")
+  assert synthetic.shape == (6, 16, 32) and np.isfinite(synthetic).all()
 
 
 def _plan(capsys, tmp_path, config, *extra, budget=True):

@@ -3,8 +3,8 @@ non-finite guard, and a toy 2-class distribution learned through `vqax.train.tra
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from conftest import REPO
+
 from vqax import config_loading
 from vqax.data import pipeline
 from vqax.tasks.spectrogram_gan import step as step_lib
@@ -63,7 +63,7 @@ def test_tiny_gan_learns_class_conditional_energy_through_the_trainer(tmp_path):
   assert summary["final_step"] == 250 and summary["nonfinite_steps"] == 0
   for row in summary["history"]:
     assert np.isfinite([row["d_loss"], row["g_loss"], row["d_grad_norm"], row["g_grad_norm"]]).all(), row
-  _, state, step = restore_trained(tmp_path / "run", "spectrogram_gan", "test")
+  _, state, _ = restore_trained(tmp_path / "run", "spectrogram_gan", "test")
   after = class_means(program.generator, state["model_state"]["generator_ema"])
   assert abs(before[0] - before[1]) < 0.3  # the untrained generator ignores the class
   assert abs(after[0] + 1.0) < 0.3 and abs(after[1] - 1.0) < 0.3, (before, after)

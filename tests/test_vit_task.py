@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import REPO, shared_path
+
 from vqax import config_loading
 from vqax.errors import ConfigError
 from vqax.tasks.vit_classifier import evaluation
@@ -52,7 +52,7 @@ def test_stages_are_phases_and_each_group_has_its_own_optimizer_state(staged):
 
 
 def test_stage_boundary_unfreezes_the_named_layers(staged):
-  config, trainer = staged
+  _, trainer = staged
   rng = np.random.default_rng(0)
   batch = {"spectrogram": jnp.asarray(rng.standard_normal((4, 16, 32)), jnp.float32),
            "label": jnp.asarray([0, 1, 2, 1], jnp.int32)}
@@ -118,3 +118,27 @@ def test_ten_librispeech_speakers_through_the_task(tmp_path):
   accuracy = evaluation.accuracy(classifier, x_test, y_test)
   print(f"held-out accuracy {accuracy:.3f} on {len(y_test)} clips after {summary['final_step']} steps")
   assert accuracy > 0.5, accuracy
+
+
+@pytest.mark.parametrize("adapter", ["resize_rgb", "native"])
+def test_init_from_a_converted_checkpoint(capsys, tmp_path, adapter):
+  """`vqax convert vit` on the tiny HF fixture, then the task starts from it: every weight as converted
+  (patch kernel summed over RGB for the 1-channel native input), the 5-class head replaced by a fresh 3-class one."""
+  from vqax import cli
+  from vqax.models import vit_convert
+  out = tmp_path / "converted"
+  assert cli.main(["convert", "vit", str(shared_path("fixtures", "vit_tiny_parity.npz")), "--out", str(out)]) == 0
+  variables, _ = vit_convert.load_converted(out)
+  if adapter == "native":
+    variables = vit_convert.to_single_channel(variables)
+  config = smoke(init_from=str(out))
+  config.model.variant = "tiny"
+  config.model.input_adapter = adapter
+  config.model.overrides = ml_collections.ConfigDict()
+  trainer = trainer_lib.make_trainer(config, ViTClassifierTask(config), DataInfo(2, num_classes=3))
+  params = jax.device_get(trainer.init_state().params)
+  assert params["head"]["kernel"].shape == (64, 3)
+  expected = {k: v for k, v in jax.device_get(variables["params"]).items() if k != "head"}
+  for name, tree in expected.items():
+    assert leaves_equal(params[name], tree), name
+  assert trainer.program.model.image_size == (32, 32)  # the converted grid; native inputs interpolate to it

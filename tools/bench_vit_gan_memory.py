@@ -24,10 +24,11 @@ from vqax.planning import planner
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUDGETS_GIB = (8, 12, 16, 24)
 SEED_BATCHES = {"12GiB": (16, 8), "16GiB": (24, 12), "24GiB": (48, 24)}  # (GAN, ViT), from the seed notebook
-MODELS = {
-    "GAN 128x1292 (G + D, both Adam states)": (f"{REPO}/configs/spectrogram_gan.py", []),
-    "ViT-B/16 224x224, all layers": (f"{REPO}/configs/vit_classifier.py", []),
-    "ViT-B/16 224x224, head stage": (f"{REPO}/configs/vit_classifier.py", ["--config.last_stage=0"]),
+MODELS = {  # name -> (label, config, flags)
+    "gan": ("GAN 128x1292 (G + D, both Adam states)", f"{REPO}/configs/spectrogram_gan.py", []),
+    "vit_all": ("ViT-B/16 224x224, all layers", f"{REPO}/configs/vit_classifier.py", []),
+    "vit_head": ("ViT-B/16 224x224, head + final norm stage", f"{REPO}/configs/vit_classifier.py",
+                 ["--config.last_stage=0"]),
 }
 VARIANTS = {"plain": [], "memory_saver": ["--memory_saver"]}
 
@@ -39,7 +40,7 @@ def seed_table(budgets_gib=BUDGETS_GIB, *, models=tuple(MODELS), devices=None, l
   start = time.perf_counter()
   results = {"jax": jax.__version__, "budgets_gib": list(budgets_gib), "models": {}}
   for model in models:
-    spec, model_flags = MODELS[model]
+    label, spec, model_flags = MODELS[model]
     base = planner.with_flags(config_loading.load_config(spec), model_flags)
     row = {}
     for variant, flags in VARIANTS.items():
@@ -54,9 +55,9 @@ def seed_table(budgets_gib=BUDGETS_GIB, *, models=tuple(MODELS), devices=None, l
         row.setdefault("plans", {})[variant] = sample.to_dict()
         results["device"] = sample.device
       if verbose:
-        print(f"{model}, {variant}: " + ", ".join(f"{k} -> {v['batch_size']}" for k, v in row[variant].items()),
+        print(f"{label}, {variant}: " + ", ".join(f"{k} -> {v['batch_size']}" for k, v in row[variant].items()),
               flush=True)
-    results["models"][model] = row
+    results["models"][model] = dict(row, label=label)
   results["seconds"] = round(time.perf_counter() - start, 1)
   return results
 
@@ -66,10 +67,10 @@ def format_table(results: dict) -> str:
   budgets = [f"{b}GiB" for b in results["budgets_gib"]]
   lines = ["| model, step | variant | " + " | ".join(b.replace("GiB", " GiB") for b in budgets) + " |",
            "|---|---|" + "---|" * len(budgets)]
-  for model, row in results["models"].items():
+  for row in results["models"].values():
     for variant in VARIANTS:
       cells = [str(row[variant][b]["batch_size"] or 0) for b in budgets]
-      lines.append(f"| {model} | {variant} | " + " | ".join(cells) + " |")
+      lines.append(f"| {row['label']} | {variant} | " + " | ".join(cells) + " |")
   seed = [f"{SEED_BATCHES[b][0]} / {SEED_BATCHES[b][1]}" if b in SEED_BATCHES else "-" for b in budgets]
   lines.append("| seed notebook (GAN / ViT, by hand on GPUs) | | " + " | ".join(seed) + " |")
   return "\n".join(lines)
@@ -82,7 +83,10 @@ def main():
   parser.add_argument("--models", default=",".join(MODELS), help="comma list of: " + ", ".join(MODELS))
   args = parser.parse_args()
   budgets = tuple(int(b) for b in args.budgets.split(","))
-  models = tuple(m for m in MODELS if m in args.models.split(","))
+  models = tuple(m for m in args.models.split(",") if m)
+  unknown = [m for m in models if m not in MODELS]
+  if unknown:
+    parser.error(f"--models {','.join(unknown)}: expected some of {', '.join(MODELS)}")
   results = seed_table(budgets, models=models)
   results["platform"] = jax.devices()[0].platform
   print(f"\nLargest batch per device whose compiled peak fits ({results.get('device')}, jax {jax.__version__}):")

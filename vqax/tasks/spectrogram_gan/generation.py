@@ -10,8 +10,8 @@ from vqax.data.class_folders import Normalization
 from vqax.errors import ConfigError
 from vqax.models import gan
 from vqax.tasks import class_spectrograms as data_lib
-from vqax.tasks.spectrogram_gan.task import build_networks
 from vqax.tasks.spectrogram_gan.step import generate
+from vqax.tasks.spectrogram_gan.task import build_networks
 from vqax.train.checkpointing import restore_trained
 
 

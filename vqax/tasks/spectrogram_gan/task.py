@@ -23,7 +23,14 @@ from vqax.models.gan_objectives import LOSSES
 from vqax.models.precision import memory_settings
 from vqax.tasks import class_spectrograms as data_lib
 from vqax.tasks.spectrogram_gan import step as step_lib
-from vqax.train.task import PLANNING_STEPS_PER_EPOCH, BatchSizes, DataInfo, Program, Task, TrainData
+from vqax.train.task import (
+  PLANNING_STEPS_PER_EPOCH,
+  BatchSizes,
+  DataInfo,
+  Program,
+  Task,
+  TrainData,
+)
 
 PLANNING_NUM_CLASSES = 2  # the seed's condition size: what a plan assumes unless model.num_classes says
 REPO = pathlib.Path(__file__).resolve().parents[3]

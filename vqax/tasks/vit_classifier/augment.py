@@ -1,5 +1,6 @@
 """The augmentation loop (Ravuri & Vinyals 2019's naive score): the classifier trained on real clips only and
-on real + N GAN spectrograms per class, over several seeds, evaluated on the same held-out files.
+on real + N GAN spectrograms per class, over several seeds, evaluated on the same held-out files. The
+augmented runs get proportionally fewer epochs, so both settings take about the same number of steps.
 
 Reported: accuracy per setting with a Student-t interval over seeds; the Frechet distance between real and
 generated spectrograms on the real-only classifier's penultimate features (seed 0), beside the distance
@@ -21,7 +22,7 @@ from vqax.tasks.spectrogram_gan.generation import load_generator
 from vqax.tasks.vit_classifier import evaluation
 from vqax.train import trainer
 
-DEFAULT_PER_CLASS = 50
+DEFAULT_PER_CLASS = 20
 
 
 def _read_curve(workdir, keys) -> dict:
@@ -51,6 +52,11 @@ def run_augmentation(config_spec: str, gan_workdir, *, out_dir=None, seeds: int 
   out.mkdir(parents=True, exist_ok=True)
 
   settings = {"real only": 0, f"real + {n}/class": n}
+  # Both settings train for about the same number of steps: the augmented run's epochs are fewer by the
+  # share of synthetic clips (else its gain would partly be more training).
+  n_real = len(data_lib.list_split(base)[0])
+  epochs = {count: max(1, round(int(base.epochs) * n_real / (n_real + count * len(trained_gan.classes))))
+            for count in settings.values()}
   accuracies = {name: [] for name in settings}
   runs = {}
   for seed in range(int(seeds)):
@@ -58,6 +64,7 @@ def run_augmentation(config_spec: str, gan_workdir, *, out_dir=None, seeds: int 
       config = copy.deepcopy(base)
       with config.unlocked():
         config.seed = seed
+        config.epochs = epochs[count]
         config.augment.per_class = count
         config.augment.gan_workdir = str(gan_workdir) if count else ""
       workdir = out / ("real_only" if not count else f"real_plus_{count}") / f"seed{seed}"
@@ -100,13 +107,15 @@ def run_augmentation(config_spec: str, gan_workdir, *, out_dir=None, seeds: int 
             "frechet_distance": frechet, "frechet_distance_real_train_vs_held_out": frechet_floor,
             "embedding": f"penultimate (final-LN CLS) features of {runs['real only'][0]}",
             "condition_faithfulness": faithfulness, "classes": classes, "per_class": n, "seeds": int(seeds),
-            "gan_workdir": str(gan_workdir), "gan_step": trained_gan.step, "held_out_clips": int(len(y_test)),
-            "generated_clips": int(len(fake_labels)), "grid_png": str(grid), "curves_png": str(curves_png),
+            "gan_workdir": str(gan_workdir), "gan_step": trained_gan.step, "held_out_clips": len(y_test),
+            "training_clips": n_real, "epochs": {name: epochs[count] for name, count in settings.items()},
+            "generated_clips": len(fake_labels), "grid_png": str(grid), "curves_png": str(curves_png),
             "wavs": wavs, "runs": runs}
   (out / "results.json").write_text(json.dumps(result, indent=1))
   if verbose:
     print(f"\nHeld-out accuracy over {seeds} seeds ({len(y_test)} clips of {len(classes)} classes; chance "
-          f"{1 / len(classes):.3f}):")
+          f"{1 / len(classes):.3f}; {n_real} real training clips; epochs "
+          f"{', '.join(str(e) for e in result['epochs'].values())}: about the same number of steps):")
     print(table)
     print(f"\nFrechet distance, real held-out vs generated ({len(fake_labels)}), on the real-only classifier's "
           f"penultimate features: {frechet:.3f} (real training vs real held-out: {frechet_floor:.3f})")

@@ -28,7 +28,15 @@ from vqax.tasks.vit_classifier import stages as stages_lib
 from vqax.train import distributed
 from vqax.train import optimizer as optimizer_lib
 from vqax.train.step import keep_if_finite
-from vqax.train.task import PLANNING_STEPS_PER_EPOCH, BatchSizes, DataInfo, Phase, Program, Task, TrainData
+from vqax.train.task import (
+  PLANNING_STEPS_PER_EPOCH,
+  BatchSizes,
+  DataInfo,
+  Phase,
+  Program,
+  Task,
+  TrainData,
+)
 
 PLANNING_NUM_CLASSES = 2  # the seed's two classes: what a plan assumes unless model.num_classes says
 INPUT_ADAPTERS = ("resize_rgb", "native")
@@ -46,6 +54,9 @@ def model_settings(config) -> dict:
     raise ConfigError(f"model.input_adapter={m.input_adapter!r}: expected one of {', '.join(INPUT_ADAPTERS)}")
   overrides = m.overrides.to_dict() if hasattr(m.overrides, "to_dict") else dict(m.overrides)
   settings = {**vit_lib.VARIANTS[m.variant], **overrides, "input_adapter": m.input_adapter}
+  stored = _converted_settings(config.init_from) if config.init_from else {}
+  if "image_size" in stored and "image_size" not in overrides:  # the grid its position embeddings are for
+    overrides["image_size"] = settings["image_size"] = tuple(stored["image_size"])
   if m.input_adapter == "native":
     settings["num_channels"] = 1
     if "image_size" not in overrides:  # native: positions stored for the spectrogram's own grid
@@ -53,6 +64,12 @@ def model_settings(config) -> dict:
   else:
     settings["num_channels"] = 3
   return settings
+
+
+def _converted_settings(init_from) -> dict:
+  from vqax.models.vit_convert import CONFIG_FILE
+  path = pathlib.Path(init_from) / CONFIG_FILE
+  return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def build_model(config, num_classes: int) -> vit_lib.ViT:
