@@ -43,15 +43,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
 
   if variant == "demo":
-    # A few CPU minutes on `vqax synth classes` (2 s clips at 16 kHz): 32 mels x 126 frames.
+    # A few CPU minutes on the demo's `vqax synth classes` set (2 s files at 16 kHz, three 1 s clips each):
+    # 32 mels x 63 frames.
     c.data_root = "data/synth_classes"
     c.features.update(dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32))
-    c.clip_seconds = 2.0
+    c.clip_seconds = 1.0
+    c.clip_hop_seconds = 0.5
     c.model.latent_dim = 32
     c.model.generator_channels = (64, 32, 16)
     c.model.discriminator_channels = (16, 32, 64)
     c.batch_size = 16
-    c.epochs = 120
+    c.epochs = 40
     c.learning_rate = 1e-3
     c.d_learning_rate = 1e-3
     c.ema_decay = 0.99

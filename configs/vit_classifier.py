@@ -45,15 +45,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
 
   if variant == "demo":
-    # CPU minutes on `vqax synth classes` (2 s at 16 kHz, 32 mels x 126 frames): a small native ViT.
+    # CPU minutes on the demo's `vqax synth classes` set (1 s clips, 32 mels x 63 frames): a small native ViT.
     c.data_root = "data/synth_classes"
     c.features.update(dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32))
-    c.clip_seconds = 2.0
+    c.clip_seconds = 1.0
+    c.clip_hop_seconds = 0.5
     c.model.variant = "micro"
     c.model.input_adapter = "native"
     c.model.overrides = ml_collections.ConfigDict(dict(patch_size=8, hidden_size=64, mlp_dim=128, num_heads=4))
     c.unfreeze_schedule = ml_collections.ConfigDict({"0": ("all",)})
-    c.epochs = 30
+    c.epochs = 12
     c.batch_size = 16
     c.learning_rate = 1e-3
     c.warmup_steps = 20

@@ -34,8 +34,9 @@ from vqax.train.task import (
 
 PLANNING_NUM_CLASSES = 2  # the seed's condition size: what a plan assumes unless model.num_classes says
 REPO = pathlib.Path(__file__).resolve().parents[3]
-# The demo's synthetic set (`vqax synth classes`): every class, short clips.
-DEMO_SYNTH = dict(clips_per_class=24, seconds=2.0, sample_rate=16000)
+# The demo's synthetic set (`vqax synth classes`): four classes, one hard pair (a semitone apart), 2 s clips.
+DEMO_SYNTH = dict(classes=("tone_low", "tone_semitone", "chirp_up", "noise_band"), clips_per_class=24, seconds=2.0,
+                  sample_rate=16000)
 
 
 def build_networks(config, num_classes: int) -> tuple[gan.Generator, gan.Discriminator]:
