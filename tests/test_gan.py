@@ -1,10 +1,9 @@
-"""Conditional GAN: shapes and dtypes, the projection discriminator's use of the class, the objectives on
-known logits, generator EMA, and a tiny CPU run that learns a 2-class distribution."""
+"""Conditional GAN networks: shapes and dtypes, the projection discriminator's use of the class, the
+objectives on known logits, generator EMA. (The task, its step and its learning test: test_gan_task.py.)"""
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from vqax.errors import ConfigError
@@ -17,7 +16,6 @@ from vqax.models.gan_objectives import (
   nonsaturating_d_loss,
   nonsaturating_g_loss,
 )
-from vqax.train.gan_step import create_gan_state, generate, jit_gan_step
 
 G = Generator(n_mels=10, frames=23, num_classes=3, latent_dim=8, channels=(16, 8))
 D = Discriminator(num_classes=3, channels=(8, 16))
@@ -98,29 +96,32 @@ def test_generator_ema():
   np.testing.assert_allclose(ema["w"], 1 - 0.9 ** 10, rtol=1e-5)
 
 
-def test_tiny_gan_learns_class_conditional_energy():
-  """Real class 0 has mean log-mel -1, class 1 +1 (noise 0.3). After a short hinge-loss run with n_critic 2
-  the EMA generator's per-class means sit near the real ones (they start together near +0.7)."""
-  gen = Generator(n_mels=8, frames=16, num_classes=2, latent_dim=16, channels=(16, 8))
-  disc = Discriminator(num_classes=2, channels=(8, 16))
-  g_tx, d_tx = optax.adam(2e-3, b1=0.0, b2=0.9), optax.adam(2e-3, b1=0.0, b2=0.9)
-  state = create_gan_state(gen, disc, g_tx, d_tx, jax.random.key(0))
-  step = jit_gan_step(generator=gen, discriminator=disc, g_tx=g_tx, d_tx=d_tx, loss="hinge", ema_decay=0.9)
-  rng = np.random.default_rng(0)
-  means, n_critic, batch = np.array([-1.0, 1.0]), 2, 16
-  labels = jnp.array([0] * 32 + [1] * 32)
+def test_grouped_remat_gives_the_same_networks_statistics_and_gradients():
+  """remat_groups runs samples in groups: same outputs, gradients and spectral-norm updates as in one pass
+  (5 samples in 2 groups: the padded path too)."""
+  z = jax.random.normal(jax.random.key(0), (5, 8))
+  c = one_hot(jnp.array([0, 1, 2, 1, 0]), 3)
+  g_vars = jax.jit(G.init)(jax.random.key(0), z, c)
+  grouped_g = G.clone(remat_policy="full", remat_groups=2)
+  assert jax.tree.structure(jax.eval_shape(grouped_g.init, jax.random.key(0), z, c)) == jax.tree.structure(g_vars)
+  x = jax.jit(G.apply)(g_vars, z, c)
+  np.testing.assert_allclose(jax.jit(grouped_g.apply)(g_vars, z, c), x, atol=1e-5)
+  g_loss = lambda g: jax.jit(jax.grad(lambda p: g.apply({"params": p}, z, c).sum()))(g_vars["params"])
+  chex.assert_trees_all_close(g_loss(grouped_g), g_loss(G), atol=1e-4)
 
-  def class_means(params):
-    spec = generate(gen, params, labels, jax.random.key(2))
-    return float(spec[:32].mean()), float(spec[32:].mean())
+  d_vars = jax.jit(D.init)(jax.random.key(1), x, c)
+  grouped_d = D.clone(remat_policy="full", remat_groups=2)
+  assert jax.tree.structure(jax.eval_shape(grouped_d.init, jax.random.key(1), x, c)) == jax.tree.structure(d_vars)
 
-  before = class_means(state.g_ema)
-  for _ in range(250):
-    y = rng.integers(0, 2, (n_critic, batch))
-    x = means[y][..., None, None] + 0.3 * rng.standard_normal((n_critic, batch, 8, 16))
-    state, metrics = step(state, {"spectrogram": jnp.asarray(x, jnp.float32), "label": jnp.asarray(y, jnp.int32)},
-                          jax.random.key(1))
-  after = class_means(state.g_ema)
-  assert abs(before[0] - before[1]) < 0.3  # the untrained generator ignores the class
-  assert abs(after[0] + 1.0) < 0.3 and abs(after[1] - 1.0) < 0.3, (before, after)
-  assert int(state.step) == 250 and np.isfinite(float(metrics["d_loss"]))
+  def d_step(d):
+    def objective(p):
+      (logits, aux), updates = d.apply({"params": p, "batch_stats": d_vars["batch_stats"]}, x, c, update_stats=True,
+                                       mutable=["batch_stats"])
+      return logits.sum() + aux["features"].sum(), (logits, updates["batch_stats"])
+    return jax.jit(jax.grad(objective, has_aux=True))(d_vars["params"])
+
+  (grads, (logits, stats)), (ref_grads, (ref_logits, ref_stats)) = d_step(grouped_d), d_step(D)
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+  chex.assert_trees_all_close(stats, ref_stats, atol=1e-6)
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(d_vars["batch_stats"])))
+  chex.assert_trees_all_close(grads, ref_grads, atol=1e-4)

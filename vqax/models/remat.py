@@ -40,7 +40,8 @@ def maybe_remat(module_cls, policy_name: str, static_argnums=()):
   return nn.remat(module_cls, policy=policy_for(policy_name), static_argnums=static_argnums)
 
 
-def grouped_remat(fn: Callable, module: nn.Module, x: jax.Array, groups: int, policy_name: str) -> jax.Array:
+def grouped_remat(fn: Callable, module: nn.Module, x: jax.Array, groups: int, policy_name: str,
+                  broadcast=("params",)) -> jax.Array:
   """`fn(module, x)` over `groups` slices of x's leading axis in turn, each slice rematerialised.
 
   Per-block remat cannot shrink a chain of single-conv blocks: the block boundaries it keeps are all the
@@ -49,7 +50,8 @@ def grouped_remat(fn: Callable, module: nn.Module, x: jax.Array, groups: int, po
   for one extra forward. Only for modules without cross-sample state (no BatchNorm statistics).
   Group g takes samples g, g + groups, ...: strided, so a batch sharded over devices stays balanced. A
   batch that does not divide is padded with zeros (discarded after), so memory never jumps with its size.
-  Parameter paths are those of `module`.
+  Parameter paths are those of `module`. `broadcast` names the variable collections every group reads
+  unchanged (parameters; also e.g. spectral-norm statistics that the groups read but do not update).
   """
   n = x.shape[0]
   groups = min(int(groups), n)
@@ -59,7 +61,7 @@ def grouped_remat(fn: Callable, module: nn.Module, x: jax.Array, groups: int, po
   if padded != n:
     x = jnp.concatenate([x, jnp.zeros((padded - n, *x.shape[1:]), x.dtype)])
   body = nn.remat(lambda m, carry, xg: (carry, fn(m, xg)), policy=policy_for(policy_name), prevent_cse=False)
-  scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False}, length=groups)
+  scan = nn.scan(body, variable_broadcast=tuple(broadcast), split_rngs={"params": False}, length=groups)
   xs = x.reshape(padded // groups, groups, *x.shape[1:]).swapaxes(0, 1)
   _, ys = scan(module, (), xs)
   return ys.swapaxes(0, 1).reshape(padded, *ys.shape[2:])[:n]

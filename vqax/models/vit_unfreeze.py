@@ -32,6 +32,7 @@ from vqax.errors import ConfigError
 from vqax.models.vit import ViT, encoder_stack
 
 _SINGLE_UNITS = ("embeddings", "final_norm", "head")
+SINGLE_UNITS = _SINGLE_UNITS  # the units that are not encoder layers
 
 
 def unit_names(num_layers: int) -> tuple[str, ...]:

@@ -223,10 +223,12 @@ def device_bytes(tree) -> int:
 
 
 def _split_optimizer_state(opt_state):
-  """(optimizer state without the accumulator, MultiSteps' acc_grads); no accumulator without MultiSteps."""
-  if isinstance(opt_state, optax.MultiStepsState):
-    return opt_state._replace(acc_grads=()), opt_state.acc_grads
-  return opt_state, ()
+  """(optimizer state without accumulators, MultiSteps' acc_grads); no accumulator without MultiSteps.
+  MultiSteps states are found anywhere in the tree (a task with several optimizers keeps a dict of them)."""
+  is_multi = lambda node: isinstance(node, optax.MultiStepsState)
+  rest = jax.tree.map(lambda node: node._replace(acc_grads=()) if is_multi(node) else node, opt_state,
+                      is_leaf=is_multi)
+  return rest, [node.acc_grads for node in jax.tree.leaves(opt_state, is_leaf=is_multi) if is_multi(node)]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ REGISTRY = {
     "redimnet_mrl": "vqax.tasks.redimnet_mrl.task:ReDimNetMRLTask",
     "dcase_baseline": "vqax.tasks.dcase_baseline.task:DcaseBaselineTask",
     "dreams": "vqax.tasks.dreams.task:DreaMSTask",
+    "spectrogram_gan": "vqax.tasks.spectrogram_gan.task:SpectrogramGanTask",
+    "vit_classifier": "vqax.tasks.vit_classifier.task:ViTClassifierTask",
 }
 
 

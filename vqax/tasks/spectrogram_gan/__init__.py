@@ -1,0 +1,1 @@
+"""Class-conditional GAN of log-mel spectrograms: task, step, generation and commands."""

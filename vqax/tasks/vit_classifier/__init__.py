@@ -1,0 +1,1 @@
+"""ViT spectrogram classifier with staged unfreezing, GAN augmentation loop and evaluation."""
