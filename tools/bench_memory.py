@@ -201,8 +201,31 @@ class Table:
   markdown: Callable[[dict], str]
 
 
+def dreams_bench(target, fits: bool = True) -> dict:
+  from tools import bench_memory_dreams
+  return bench_memory_dreams.dreams_memory(budgets_gib=bench_memory_dreams.BUDGETS_GIB if fits else (),
+                                           devices=_devices(target))
+
+
+def vit_gan_bench(target, fits: bool = True) -> dict:
+  from tools import bench_vit_gan_memory
+  return bench_vit_gan_memory.seed_table(devices=_devices(target))
+
+
+def _dreams_markdown(result: dict) -> str:
+  from tools import bench_memory_dreams
+  return bench_memory_dreams.markdown(result)
+
+
+def _vit_gan_markdown(result: dict) -> str:
+  from tools import bench_vit_gan_memory
+  return bench_vit_gan_memory.format_table(result)
+
+
 TABLES = [Table("vqvae", "", vqvae_bench, vqvae_markdown),
-          Table("redimnet", "_redimnet", redimnet_bench, redimnet_markdown)]
+          Table("redimnet", "_redimnet", redimnet_bench, redimnet_markdown),
+          Table("dreams", "_dreams", dreams_bench, _dreams_markdown),
+          Table("vit_gan", "_vit_gan", vit_gan_bench, _vit_gan_markdown)]
 
 
 def output_paths(table: Table, target_name: str | None, out_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

@@ -41,7 +41,7 @@ def base_config(config_spec: str | None = None):
 
 
 def dreams_memory(config_spec: str | None = None, sizes=SIZES, forms=tuple(FORMS), budgets_gib=BUDGETS_GIB,
-                  fit_forms=FIT_FORMS, fit_peaks: int = 60, verbose: bool = True) -> dict:
+                  fit_forms=FIT_FORMS, fit_peaks: int = 60, verbose: bool = True, devices=None) -> dict:
   """{'rows': one per (size, form), 'fits': one per (form, budget), 'reduction_vs_materialized': ...}."""
   from vqax.planning import planner
   base = base_config(config_spec)
@@ -50,7 +50,7 @@ def dreams_memory(config_spec: str | None = None, sizes=SIZES, forms=tuple(FORMS
     for form in forms:
       flags = FORMS[form] + ["--batch_size", str(batch), "--max_peaks_n", str(peaks)]
       start = time.perf_counter()
-      p = planner.plan(planner.with_flags(base, flags), form, flags)
+      p = planner.plan(planner.with_flags(base, flags), form, flags, devices=devices)
       seconds = time.perf_counter() - start
       plans[(batch, peaks, form)] = p
       rows.append({"batch_size": batch, "tokens": peaks + 1, "form": form, "flags": " ".join(flags),
@@ -74,6 +74,7 @@ def dreams_memory(config_spec: str | None = None, sizes=SIZES, forms=tuple(FORMS
     if known is not None:  # the search starts from the size already compiled
       config = planner.with_flags(config, ["--batch_size", str(known.batch_size)])
     found = planner.fit_budgets(config, [int(g * GiB) for g in budgets_gib], field="batch_size", variant=form,
+                                devices=devices,
                                 flags=flags, known=known)
     for budget, f in zip(budgets_gib, found):
       fits.append({"form": form, "tokens": fit_peaks + 1, "budget_gib": budget, "batch_size": f.size,
