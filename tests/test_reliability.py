@@ -620,13 +620,13 @@ def test_scoring_and_embedding_refuse_a_truncated_wav(data_root, tmp_path):
   """The readers after training name the file too (the same check as the training scan)."""
   from vqax.data import dcase
   from vqax.errors import DataError
-  from vqax.tasks.vqvae.scoring import encode_clips
+  from vqax.tasks.vqvae.scoring import load_clips
   from vqax.tasks.redimnet_mrl.verification import embed_files
   bad = shutil.copy(data_root / "fan" / "test" / "anomaly_id_00_00000000.wav", tmp_path / "normal_id_00_00000001.wav")
   bad.write_bytes(bad.read_bytes()[:44 + 2 * 30_000])
   record = dcase.ClipRecord(str(bad), "fan", "00", 0, "test")
   with pytest.raises(DataError, match="truncated wav file: the header promises 40000 frames but the file holds 30000"):
-    encode_clips(None, [record], {"fan": None}, 32, dcase.LogMelConfig())
+    load_clips([record], {"fan": None}, dcase.LogMelConfig())
   with pytest.raises(DataError) as info:
     embed_files(lambda waves: np.zeros((len(waves), 4), np.float32), [bad])
   assert str(info.value).startswith(f"{bad}: truncated wav file")
