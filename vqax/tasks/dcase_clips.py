@@ -2,6 +2,7 @@
 scan of the training clips, and the per-machine-type normalisation statistics (computed on the training
 split and written to the workdir, or read from `norm_stats_path`), so that the tasks' features agree.
 """
+import dataclasses
 import logging
 import pathlib
 
@@ -50,3 +51,31 @@ def training_norm_stats(config, workdir, records, features, machine_types):
     dcase.save_norm_stats(stats_path, stats)
   distributed.barrier("norm stats written")
   return dcase.load_norm_stats(stats_path, machine_types), stats_path
+
+
+@dataclasses.dataclass
+class TrainingClips:
+  """The training split as a task starts from it: usable clips, their features, what was skipped, the stats."""
+  machine_types: list
+  records: list
+  features: list  # log-mel [64, T] per clip, before normalisation
+  bad_files: list[str]
+  norm_stats: dict
+  norm_stats_path: pathlib.Path
+
+  def summary(self) -> dict:
+    return {"machine_types": self.machine_types, "train_clips": len(self.records), "bad_files": self.bad_files,
+            "norm_stats_path": str(self.norm_stats_path)}
+
+
+def training_clips(config, workdir, feature_config) -> TrainingClips:
+  """Scan `config.data_root`'s training clips (every file read once, bad ones skipped under skip_bad_files)
+  and get their normalisation statistics; DataError when no usable clip is left."""
+  machine_types = dcase.resolve_machine_types(config.data_root, config.machine_type)
+  records = dcase.list_clips(config.data_root, machine_types, "train")
+  records, features, bad = load_train_features(records, feature_config, config.feature_cache_dir,
+                                               config.skip_bad_files)
+  if not records:
+    raise DataError(f"data_root {config.data_root}: no usable training clips")
+  norm_stats, stats_path = training_norm_stats(config, workdir, records, features, machine_types)
+  return TrainingClips(machine_types, records, features, bad, norm_stats, stats_path)

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vqax.data import dcase, dcase_loader
+from vqax.data import dcase_loader
 from vqax.data.pipeline import make_loader
-from vqax.errors import ConfigError, DataError
+from vqax.errors import ConfigError
 from vqax.eval.references import context_vectors
 from vqax.models.dcase_baseline import DcaseBaselineAE
 from vqax.models.precision import memory_settings
-from vqax.tasks.dcase_clips import feature_config, load_train_features, training_norm_stats
+from vqax.tasks.dcase_clips import feature_config, training_clips
 from vqax.train.task import BatchSizes, DataInfo, Program, Task, TrainData
 
 # Settings the shared AdamW schedule has that plain Adam at a constant rate does not.
@@ -89,23 +89,16 @@ class DcaseBaselineTask(Task):
 
   def prepare_data(self, workdir, batch: BatchSizes) -> TrainData:
     c = self.config
-    machine_types = dcase.resolve_machine_types(c.data_root, c.machine_type)
-    records = dcase.list_clips(c.data_root, machine_types, "train")
-    records, features, bad = load_train_features(records, self.feature_config, c.feature_cache_dir,
-                                                 c.skip_bad_files)
-    if not records:
-      raise DataError(f"data_root {c.data_root}: no usable training clips")
-    norm_stats, stats_path = training_norm_stats(c, workdir, records, features, machine_types)
-    del features
+    clips = training_clips(c, workdir, self.feature_config)
+    records, norm_stats = clips.records, clips.norm_stats
+    clips.features = None  # the loader reads clips again per step: the data set never stays in memory
     ops = [dcase_loader.LoadNormalizedFeatures(norm_stats, self.feature_config, c.feature_cache_dir or None),
            SampleContextVectors(int(c.model.context_frames), int(c.vectors_per_clip))]
     loader = make_loader(records, ops, batch_size=batch.per_process, seed=int(c.seed), shuffle=True,
                          num_epochs=None, worker_count=int(c.worker_count))
-    summary = {"machine_types": machine_types, "train_clips": len(records), "bad_files": bad,
-               "norm_stats_path": str(stats_path)}
     return TrainData(loader, DataInfo(max(1, len(records) // batch.global_batch)),
                      samples_per_step=batch.global_batch * int(c.vectors_per_clip), sample_unit="vectors",
-                     summary=summary)
+                     summary=clips.summary())
 
   def build(self, info: DataInfo, platform: str) -> "DcaseBaselineProgram":
     return DcaseBaselineProgram(self.config, build_model(self.config))

@@ -16,12 +16,12 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-from vqax.data import dcase, dcase_loader
-from vqax.errors import ConfigError, DataError
+from vqax.data import dcase_loader
+from vqax.errors import ConfigError
 from vqax.models.precision import memory_settings
 from vqax.models.vqvae import VQVAE
 from vqax.ops import forms
-from vqax.tasks.dcase_clips import feature_config, load_train_features, training_norm_stats
+from vqax.tasks.dcase_clips import feature_config, training_clips
 from vqax.train.task import BatchSizes, DataInfo, Phase, Program, Task, TrainData
 
 
@@ -99,26 +99,19 @@ class VQVAETask(Task):
 
   def prepare_data(self, workdir, batch: BatchSizes) -> TrainData:
     c = self.config
-    machine_types = dcase.resolve_machine_types(c.data_root, c.machine_type)
-    records = dcase.list_clips(c.data_root, machine_types, "train")
-    records, features, bad = load_train_features(records, self.feature_config, c.feature_cache_dir,
-                                                 c.skip_bad_files)
-    if not records:
-      raise DataError(f"data_root {c.data_root}: no usable training clips")
-    shortest = min(f.shape[1] for f in features)
+    clips = training_clips(c, workdir, self.feature_config)
+    shortest = min(f.shape[1] for f in clips.features)
     if c.stride > shortest:
       raise ConfigError(f"stride={c.stride} frames exceeds the shortest training clip ({shortest} frames)")
-    norm_stats, stats_path = training_norm_stats(c, workdir, records, features, machine_types)
-    del features
+    records, norm_stats = clips.records, clips.norm_stats
+    clips.features = None  # the loader reads clips again per step: the data set never stays in memory
     steps_per_epoch = max(1, len(records) // batch.global_batch)
     loader = dcase_loader.train_loader(records, norm_stats, batch_size=batch.per_process,
                                        n_patches=int(c.n_patches), stride=int(c.stride), seed=int(c.seed),
                                        worker_count=int(c.worker_count), cache_dir=c.feature_cache_dir or None,
                                        feature_config=self.feature_config)
-    summary = {"machine_types": machine_types, "train_clips": len(records), "bad_files": bad,
-               "norm_stats_path": str(stats_path)}
     return TrainData(loader, DataInfo(steps_per_epoch), samples_per_step=batch.global_batch * int(c.n_patches),
-                     sample_unit="patches", summary=summary)
+                     sample_unit="patches", summary=clips.summary())
 
   def build(self, info: DataInfo, platform: str) -> "VQVAEProgram":
     return VQVAEProgram(self.config, build_model(self.config, platform), info.steps_per_epoch)
