@@ -9,7 +9,7 @@ Variants: `:demo` (CPU minutes, `vqax synth classes` data) and `:smoke` (seconds
 """
 import ml_collections
 
-from vqax.tasks.class_spectrograms import add_data_fields
+from vqax.tasks.class_spectrograms import add_data_fields, use_synthetic_class_sizes
 from vqax.train.defaults import trainer_config
 
 
@@ -43,12 +43,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
 
   if variant == "demo":
-    # A few CPU minutes on the demo's `vqax synth classes` set (2 s files at 16 kHz, three 1 s clips each):
-    # 32 mels x 63 frames.
-    c.data_root = "data/synth_classes"
-    c.features.update(dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32))
-    c.clip_seconds = 1.0
-    c.clip_hop_seconds = 0.5
+    # A few CPU minutes on the demo's `vqax synth classes` set.
+    use_synthetic_class_sizes(c, variant)
     c.model.latent_dim = 32
     c.model.generator_channels = (64, 32, 16)
     c.model.discriminator_channels = (16, 32, 64)
@@ -61,13 +57,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.log_every_steps = 40
     c.checkpoint_every_steps = 400
   elif variant == "smoke":
-    c.data_root = "data/synth_classes"
-    c.features.update(dict(sample_rate=16000, n_fft=256, hop_length=256, n_mels=16))
-    c.clip_seconds = 0.5
+    use_synthetic_class_sizes(c, variant)
     c.model.latent_dim = 8
     c.model.generator_channels = (16, 8)
     c.model.discriminator_channels = (8, 16)
-    c.test_fraction = 0.25
     c.batch_size = 4
     c.epochs = 2
     c.learning_rate = 1e-3

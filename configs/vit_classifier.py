@@ -9,7 +9,7 @@ Variants: `:demo` (CPU minutes, `vqax synth classes` data) and `:smoke` (seconds
 """
 import ml_collections
 
-from vqax.tasks.class_spectrograms import add_data_fields
+from vqax.tasks.class_spectrograms import add_data_fields, use_synthetic_class_sizes
 from vqax.train.defaults import trainer_config
 
 
@@ -45,11 +45,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
 
   if variant == "demo":
-    # CPU minutes on the demo's `vqax synth classes` set (1 s clips, 32 mels x 63 frames): a small native ViT.
-    c.data_root = "data/synth_classes"
-    c.features.update(dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32))
-    c.clip_seconds = 1.0
-    c.clip_hop_seconds = 0.5
+    # A few CPU minutes on the demo's `vqax synth classes` set.
+    use_synthetic_class_sizes(c, variant)
     c.model.variant = "micro"
     c.model.input_adapter = "native"
     c.model.overrides = ml_collections.ConfigDict(dict(patch_size=8, hidden_size=64, mlp_dim=128, num_heads=4))
@@ -61,10 +58,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.log_every_steps = 20
     c.checkpoint_every_steps = 1000
   elif variant == "smoke":
-    c.data_root = "data/synth_classes"
-    c.features.update(dict(sample_rate=16000, n_fft=256, hop_length=256, n_mels=16))
-    c.clip_seconds = 0.5
-    c.test_fraction = 0.25
+    use_synthetic_class_sizes(c, variant)
     c.model.variant = "micro"
     c.model.input_adapter = "native"
     c.model.overrides = ml_collections.ConfigDict(dict(num_layers=3))

@@ -34,6 +34,20 @@ def add_data_fields(c: ml_collections.ConfigDict) -> None:
   c.split_seed = 0
 
 
+def use_synthetic_class_sizes(c: ml_collections.ConfigDict, variant: str) -> None:
+  """The `vqax synth classes` set's data settings for the demo and smoke variants. The GAN and the classifier
+  share them, so that the augmentation loop feeds the classifier spectrograms of the shape the GAN makes."""
+  c.data_root = "data/synth_classes"
+  if variant == "demo":  # 2 s files at 16 kHz, three 1 s clips each: 32 mels x 63 frames
+    c.features.update(dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32))
+    c.clip_seconds, c.clip_hop_seconds = 1.0, 0.5
+  elif variant == "smoke":  # seconds, for tests: 16 mels x 32 frames
+    c.features.update(dict(sample_rate=16000, n_fft=256, hop_length=256, n_mels=16))
+    c.clip_seconds, c.test_fraction = 0.5, 0.25
+  else:
+    raise ValueError(f"no synthetic-class sizes for variant {variant!r}")
+
+
 def clip_config(config) -> cf.ClipConfig:
   f = config.features
   features = LogMelConfig(sample_rate=int(f.sample_rate), n_fft=int(f.n_fft), hop_length=int(f.hop_length),
