@@ -66,9 +66,11 @@ def test_augmentation_loop_writes_its_table_distances_pictures_and_sounds(capsys
 
 def _plan(capsys, tmp_path, config, *extra, budget=True):
   path = tmp_path / "plan.json"
-  vqax(capsys, "plan", "--config", config, "--variants", "plain", "--json", str(path), *extra,
-       *(["--budget", "64MiB"] if budget else []))
-  return json.loads(path.read_text())
+  out = vqax(capsys, "plan", "--config", config, "--variants", "plain", "--json", str(path), *extra,
+             *(["--budget", "64MiB"] if budget else []))
+  result = json.loads(path.read_text())
+  assert f"(phase {result['plans']['config']['phase']!r}; no data read)" in out  # the phase it compiled
+  return result
 
 
 def test_plan_covers_both_gan_networks_and_optimizers_and_fits_the_batch(capsys, tmp_path):
@@ -86,6 +88,7 @@ def test_plan_of_each_unfreezing_stage(capsys, tmp_path):
   every = _plan(capsys, tmp_path, VIT)
   last = every["plans"]["config"]
   assert first["params"] == last["params"]
+  assert first["phase"] != last["phase"]  # named in the plan's header: not "full" for every stage
   # Stage 0 trains the head, final norm and one of three layers: its optimizer state is a fraction.
   assert first["optimizer_state"] * 2 < last["optimizer_state"]
   assert 2 * last["params"] <= last["optimizer_state"] <= 2 * last["params"] + 64

@@ -58,7 +58,7 @@ def run(args, extra) -> dict:
   first = next(iter(plans.values()))
   where = f" (--target {target.describe()})" if target is not None else ""
   print(f"[vqax] memory per device of the train step, compiled ahead of time for {first.n_devices} x "
-        f"{first.device}{where} (phase 'full'; no data read):")
+        f"{first.device}{where} (phase {first.phase!r}; no data read):")
   print(planner.format_plans(plans, memory=target.memory_bytes if target is not None else None))
   result = {"device": first.device, "n_devices": first.n_devices,
             "plans": {name: p.to_dict() for name, p in plans.items()}}

@@ -60,6 +60,7 @@ class MemoryPlan:
   generated_code: int
   device: str
   n_devices: int
+  phase: str = "full"  # the training phase whose step was compiled (`planning_phase`)
 
   @property
   def peak(self) -> int:
@@ -188,7 +189,7 @@ def plan(config, variant: str = "config", flags=(), *, devices=None) -> MemoryPl
       output=int(analysis.output_size_in_bytes), temp=int(analysis.temp_size_in_bytes),
       alias=int(analysis.alias_size_in_bytes), generated_code=int(analysis.generated_code_size_in_bytes),
       device=_describe(device),
-      n_devices=int(trainer.mesh.size))
+      n_devices=int(trainer.mesh.size), phase=planning_phase(trainer.phases).name)
 
 
 def _describe(device) -> str:
