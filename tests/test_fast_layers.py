@@ -136,6 +136,25 @@ def test_flattened_dense_matmul_is_nn_dense(shape):
   chex.assert_type(y, jnp.bfloat16)
 
 
+@pytest.mark.parametrize("shape, features, axis", [((2, 5, 12), (3, 4), -1),  # attention's q/k/v projections
+                                                   ((2, 5, 3, 4), 12, (-2, -1)),  # and its output
+                                                   ((2, 3, 5, 4), (2, 3), (-2, -1))])
+def test_flattened_dense_general_is_nn_dense_general(shape, features, axis):
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+    plain = nn.DenseGeneral(features, axis=axis, param_dtype=jnp.float64)
+    flat = nn.DenseGeneral(features, axis=axis, param_dtype=jnp.float64, dot_general=dense_dot_general)
+    variables = plain.init(jax.random.key(1), x)
+    loss = lambda module: lambda v, x_: jnp.sum(jnp.sin(module.apply(v, x_)))
+    np.testing.assert_allclose(flat.apply(variables, x), plain.apply(variables, x), rtol=1e-12)
+    chex.assert_trees_all_close(jax.grad(loss(flat), argnums=(0, 1))(variables, x),
+                                jax.grad(loss(plain), argnums=(0, 1))(variables, x), rtol=1e-10, atol=1e-12)
+    # On XLA:CPU the product is one 2-D matmul (the form that spares the kernel gradient a transpose).
+    dots = [eqn for eqn in jax.make_jaxpr(lambda v: flat.apply(v, x))(variables).jaxpr.eqns
+            if eqn.primitive.name == "dot_general"]
+    assert [tuple(len(v.aval.shape) for v in eqn.invars) for eqn in dots] == [(2, 2)]
+
+
 def test_materialized_is_exactly_the_identity_and_a_matmul_on_cpu():
   x = jax.random.normal(jax.random.key(0), (3, 5, 7, 6))
   y, vjp = jax.vjp(jax.jit(materialized), x)

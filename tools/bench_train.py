@@ -5,12 +5,14 @@
   python -m tools.bench_train --no_compile           # skip torch.compile (its first compile takes minutes)
   python -m tools.bench_train --cases redimnet_b2 --runners "vqax,torch eager" --append   # fewer workers
 
-Needs the torch extra (`pip install -e '.[torch]'`, the CPU build), except the dreams case (vqax runners only). For each case the runners are worker
+Needs the torch extra (`pip install -e '.[torch]'`, the CPU build). For each case the runners are worker
 processes of this one (so each one's peak RSS is its own), started from one set of weights:
   vqax             the trainer's own jitted step (`make_trainer` + `compile_train_step`), compiled first;
   vqax plain       VQ-VAE only: the same step with the textbook layers (strided conv, nn.ConvTranspose-style
                    lhs-dilated conv, XLA's gradients): what the reformulated layers buy;
-  torch eager      `tools/torch_models.py`: the same architecture, loss, AdamW and clipping;
+  torch eager      `tools/torch_models.py`: the same architecture, loss, AdamW and clipping; for DreaMS
+                   `tools/torch_dreams.py`, the official model's computation (materialized m/z bias, one
+                   forward per spectrum of a pair, Adam), its weights carried into vqax by the converter;
   torch.compile    the same model through torch.compile (inductor), after its compile;
   ... bf16         bfloat16 compute, float32 weights and optimizer: vqax's compute_dtype="bfloat16", PyTorch's
                    autocast to bfloat16 (quantizer, mel front-end and losses in float32 in both); compared with
@@ -22,7 +24,9 @@ processes of this one (so each one's peak RSS is its own), started from one set 
                    memory (no faults, more RSS).
                    Both frameworks get these rows, so that one ratio column compares steps under the same
                    allocator and the other compares each framework as it runs by default.
-Before timing, the first step's loss of every runner must agree (same weights, same batch); then the
+Before timing, the first step's loss of every runner must agree (same weights, same batch; for DreaMS,
+whose step draws its masks and dropout from its own key while the official data set masks on the host, the
+loss of one fixed mask draw without dropout, before the first step); then the
 runners take turns, `--rounds` times `--steps` steps each after warm-up, so that machine noise falls on all
 of them alike. Each turn starts with `--rewarm` untimed steps (recorded as rewarm_s_all): while the other
 runners work, a runner sits idle for seconds, and on this project's virtual machines the kernel reports the
@@ -59,8 +63,7 @@ CASES = {
                     "s audio"),
     "redimnet_b2": ("redimnet_mrl", {"model.size": "b2", "batch_size": 32, "segment_seconds": 2.0}, 64.0,
                     "s audio"),
-    # The full DreaMS (116 M parameters) at the seed's size, 2 pairs x 101 tokens; vqax runners only (the
-    # official PyTorch model is not in tools/torch_models.py).
+    # The full DreaMS (116 M parameters) at the seed's size, 2 pairs x 101 tokens.
     "dreams_2x101": ("dreams", {"batch_size": 2, "max_peaks_n": 100}, 2, "pairs"),
 }
 CONFIG_FILES = {"vqvae": "vqvae_dcase.py", "redimnet_mrl": "redimnet_mrl.py", "dreams": "dreams.py"}
@@ -110,6 +113,19 @@ def make_batch(task: str, config, seed: int = 0):
           "label": rng.integers(0, SPEAKER_CLASSES, int(config.batch_size)).astype(np.int32)}
 
 
+def dreams_masked_batch(config, seed: int = 0) -> dict:
+  """The dreams batch with one fixed mask draw (vqax's masking, from key `seed`), as both frameworks read it:
+  'spec' (masked) [B, 2, N, 2], 'spec_real', 'mask' [B, 2, N], 'mz_positions' / 'mz_targets' / 'mz_valid'
+  [B, 2, K], 'ro_label' [B]."""
+  import jax
+  from vqax.models import dreams_objectives as objectives
+  batch = make_batch("dreams", config, seed)
+  masked = objectives.mask_spectra(jax.random.key(seed), batch["spec"], frac_masks=float(config.frac_masks),
+                                   min_n_masks=int(config.min_n_masks), max_mz=float(config.model.max_mz),
+                                   bin_size=float(config.model.hot_mz_bin_size))
+  return {**jax.device_get(masked), "spec_real": batch["spec"], "ro_label": batch["ro_label"]}
+
+
 def initial_state(config, task_name: str):
   """The vqax trainer's initial state for this config: what the vqax runner starts from."""
   import dataclasses
@@ -125,7 +141,9 @@ def initial_state(config, task_name: str):
 
 
 def prepare_weights(task_name: str, config, workdir: pathlib.Path) -> None:
-  """One set of initial weights for every runner: vqax's initial state, copied into a torch.pt."""
+  """One set of initial weights for every runner, in workdir/torch.pt: vqax's initial state copied into the
+  PyTorch model (VQ-VAE), or PyTorch's initialisation converted into vqax (`config.init_from`: ReDimNet's
+  backbone, all of DreaMS)."""
   import jax
   import torch
   from tools import torch_models
@@ -134,6 +152,18 @@ def prepare_weights(task_name: str, config, workdir: pathlib.Path) -> None:
     model = torch_models.VQVAE(tuple(config.model.encoder_channels), int(config.model.latent_dim),
                                int(config.model.num_embeddings))
     torch_models.vqvae_weights_from_flax(model, jax.device_get(state.params))
+  elif task_name == "dreams":
+    # PyTorch's (the official) initialisation, converted into vqax by `vqax convert dreams`'s own path.
+    from tools import torch_dreams
+    from vqax.models.dreams import DreaMS
+    from vqax.models.dreams_convert import convert_state_dict, save_converted
+    from vqax.tasks.dreams.task import model_fields
+    torch.manual_seed(int(config.seed))
+    architecture = DreaMS(**model_fields(config))
+    model = torch_dreams.DreaMS(architecture)
+    variables = convert_state_dict(torch_dreams.state_dict_arrays(model), architecture)
+    save_converted(variables, architecture, workdir / "converted")
+    config.init_from = str(workdir / "converted")
   else:
     # ReDimNet: PyTorch's initialisation of the backbone, converted into vqax (init_from); the head is
     # vqax's initialisation, copied back.
@@ -159,6 +189,7 @@ def prepare_weights(task_name: str, config, workdir: pathlib.Path) -> None:
 class VqaxRunner:
   def __init__(self, task_name, config):
     from vqax.train import sharding, trainer
+    self.task_name, self.config = task_name, config
     t, _, self.state = initial_state(config, task_name)
     self.batch = sharding.global_batch(t.mesh, make_batch(task_name, config))
     start = time.perf_counter()
@@ -172,12 +203,30 @@ class VqaxRunner:
     self.state, metrics = self.step(self.state, self.batch)
     return float(metrics["loss"])
 
+  def agreement_loss(self) -> float:
+    """The loss the runners must agree on (see the docstring), then the first step."""
+    if self.task_name != "dreams":
+      return self()
+    import jax
+    from vqax.models import dreams_objectives as objectives
+    from vqax.tasks.dreams.task import build_model
+    c, model, masked = self.config, build_model(self.config), dreams_masked_batch(self.config)
+
+    def loss(params):
+      outputs, _ = model.apply({"params": params}, masked["spec"], masked["mz_positions"], train=False)
+      return objectives.pretraining_loss(outputs, masked, masked["ro_label"], gamma=float(c.focal_loss_gamma),
+                                         ro_weight=float(c.ret_order_loss_w))[0]
+    value = float(jax.jit(loss)(self.state.params))
+    self()
+    return value
+
 
 class TorchRunner:
   def __init__(self, task_name, config, workdir, compiled: bool, bf16: bool = False):
+    import numpy as np
     import torch
     from tools import torch_models
-    self.torch = torch
+    self.torch, self.task_name = torch, task_name
     torch.manual_seed(0)
     if task_name == "vqvae":
       model = torch_models.VQVAE(tuple(config.model.encoder_channels), int(config.model.latent_dim),
@@ -187,6 +236,17 @@ class TorchRunner:
       self.step = torch_models.VQVAEStep(model, config, forward, bf16)
       batch = make_batch(task_name, config)["patches"]
       self.args = (torch.from_numpy(batch.reshape((-1,) + batch.shape[2:]).transpose(0, 3, 1, 2).copy()),)
+    elif task_name == "dreams":
+      from tools import torch_dreams
+      from vqax.models.dreams import DreaMS
+      from vqax.tasks.dreams.task import model_fields
+      model = torch_dreams.DreaMS(DreaMS(**model_fields(config)))
+      model.load_state_dict(torch.load(workdir / "torch.pt", weights_only=True))
+      model.train()
+      forward = torch.compile(model) if compiled else None
+      self.step = torch_dreams.DreaMSStep(model, config, forward, bf16)
+      masked = dreams_masked_batch(config)  # the official data set masks on the host: not in the step
+      self.args = tuple(torch.from_numpy(np.array(masked[k])) for k in ("spec", "spec_real", "mask", "ro_label"))
     else:
       from vqax.models.redimnet import SIZES
       model = torch_models.MatryoshkaSpeakerModel(dict(SIZES[config.model.size]), int(config.model.projection_dim),
@@ -202,6 +262,14 @@ class TorchRunner:
 
   def __call__(self) -> float:
     return float(self.step(*self.args))
+
+  def agreement_loss(self) -> float:
+    """The loss the runners must agree on (see the docstring), then the first step."""
+    if self.task_name != "dreams":
+      return self()
+    value = self.step.eval_loss(*self.args)
+    self()
+    return value
 
 
 def is_bf16(runner: str) -> bool:
@@ -277,7 +345,8 @@ def worker(runner: str, task_name: str, config, workdir: str, conn, baseline=Non
     else:
       run = TorchRunner(task_name, config, workdir, compiled=runner.startswith("torch.compile"),
                         bf16=is_bf16(runner))
-    first_loss = run()  # includes torch.compile's compile
+    # includes torch.compile's compile; an older tree's runner (baseline) has no agreement_loss
+    first_loss = run.agreement_loss() if hasattr(run, "agreement_loss") else run()
     setup_s = time.perf_counter() - start
     conn.send({"first_loss": first_loss, "setup_s": setup_s, "compile_s": run.compile_s,
                "compiled_peak": run.compiled_peak})
@@ -302,10 +371,7 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
   task_name, overrides, samples, unit = CASES[name]
   with tempfile.TemporaryDirectory(prefix="vqax-bench-") as tmp:
     config = bench_config(task_name, overrides)
-    if task_name == "dreams":  # no PyTorch DreaMS here: the vqax runners only, from vqax's initialisation
-      runners = [r for r in runners if framework(r) in ("vqax", BASELINE)]
-    else:
-      prepare_weights(task_name, config, pathlib.Path(tmp))
+    prepare_weights(task_name, config, pathlib.Path(tmp))
     if task_name not in ("vqvae", "dreams"):
       runners = [r for r in runners if framework(r) != "vqax plain"]
     ctx = mp.get_context("spawn")
@@ -313,7 +379,7 @@ def bench_case(name: str, runners: list[str], rounds: int, steps: int, warmup: i
     for r in runners:
       run_config = bench_config(task_name, {**overrides, **(PLAIN_LAYERS if framework(r) == "vqax plain" else {}),
                                             **({"compute_dtype": "bfloat16"} if is_bf16(r) else {})})
-      if task_name == "redimnet_mrl":
+      if task_name in ("redimnet_mrl", "dreams"):
         run_config.init_from = config.init_from  # the converted PyTorch initialisation
       parent, child = ctx.Pipe()
       baseline = ((baseline_tree, task_name, name, run_config.get("init_from", "")) if framework(r) == BASELINE

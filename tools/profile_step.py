@@ -31,6 +31,8 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The trainer's jitted step (`jit_step`; `jit_train_step` in older checkouts).
+STEP_MODULES = "jit_(train_)?step"
 # Scope names that say nothing about where in the model an op is.
 _NOISE = re.compile(r"^(jit\(.*\)|jvp\(.*\)|transpose\(.*\)|backbone|backbone\.embed_features)$")
 
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
   dump = pathlib.Path(args.hlo_dump or tempfile.mkdtemp(prefix="vqax-hlo-"))
   # Read when XLA initialises, so set before jax is first used.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*")
+                             f" --xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_module_re={STEP_MODULES}")
   import jax
   task_name, overrides, _, _ = bench_train.CASES[args.case]
   config = bench_train.bench_config(task_name, overrides)
@@ -155,8 +157,9 @@ def main(argv=None) -> int:
         runner()
     trace = json.load(gzip.open(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)[0]))
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  hlo = sorted(dump.glob("*train_step.cpu_after_optimizations.txt")) or sorted(
-      dump.glob("*train_step*after_optimizations.txt"))
+  hlo = sorted(p for p in dump.glob("*after_optimizations.txt") if re.search(rf"\.{STEP_MODULES}\.", p.name))
+  if not hlo:
+    raise SystemExit(f"no optimized HLO of the train step in {dump} (modules matching {STEP_MODULES})")
   hlo_text = hlo[-1].read_text()
   scopes, flops = op_scopes(hlo_text), op_flops(hlo_text)
   by_scope, by_op, calls = summarize(events, scopes, args.steps, args.depth)

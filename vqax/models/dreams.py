@@ -31,6 +31,9 @@ Port choices (the official code is the reference; `dreams_tiny_parity.json` list
   the probabilities for parity tests) use einsum + softmax.
 - Layers run under `nn.scan` (parameters stacked on a leading layer axis) and `nn.remat` with the named
   policy of `vqax.models.remat`; compute in `dtype`, parameters in `param_dtype` (float32).
+- Dense layers are `vqax.ops.Dense` / `DenseGeneral`: on XLA:CPU (`layer_forms`) each [B, N, C] @ W runs as
+  one 2-D matmul, whose kernel gradient needs no transposed copy of the activations (a fifth of the
+  full model's step at 2 x 101 tokens went to those copies); elsewhere XLA's own.
 """
 import dataclasses
 import functools
@@ -42,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqax import ops
 from vqax.errors import ConfigError
 from vqax.models.remat import policy_for
 
@@ -104,7 +108,7 @@ class FeedForward(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for layer in range(self.depth):
       last = layer == self.depth - 1
-      x = nn.Dense(self.out if last else self.hidden, use_bias=self.use_bias, dtype=self.dtype,
+      x = ops.Dense(self.out if last else self.hidden, use_bias=self.use_bias, dtype=self.dtype,
                    param_dtype=self.param_dtype, kernel_init=TORCH_KERNEL_INIT, name=f"dense_{layer}")(x)
       if not last:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -130,7 +134,7 @@ class SelfAttention(nn.Module):
     head_dim = self.d_model // self.n_heads
     # The official attention init: N(0, sqrt(2 / (5 d))) for all four projections, biases zero.
     init = nn.initializers.normal(np.sqrt(2 / (5 * self.d_model)))
-    proj = functools.partial(nn.DenseGeneral, features=(self.n_heads, head_dim), use_bias=self.use_bias,
+    proj = functools.partial(ops.DenseGeneral, features=(self.n_heads, head_dim), use_bias=self.use_bias,
                              kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype)
     q, k, v = proj(name="query")(x), proj(name="key")(x), proj(name="value")(x)
     scale = head_dim ** -0.5
@@ -147,7 +151,7 @@ class SelfAttention(nn.Module):
     else:
       out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=keep, scale=scale,
                                          implementation=self.backend)
-    return nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=self.use_bias, kernel_init=init,
+    return ops.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=self.use_bias, kernel_init=init,
                            dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
 
@@ -189,7 +193,7 @@ class EncoderLayer(nn.Module):
     h = self._norm("ffn_norm")(x) if self.pre_norm else x
     # The official FFN init: N(0, sqrt(2 / (ff_dim + d))) = sqrt(2 / (5 d)) with ff_dim = 4 d; biases zero.
     init = nn.initializers.normal(np.sqrt(2 / (5 * self.d_model)))
-    dense = functools.partial(nn.Dense, use_bias=self.transformer_bias, kernel_init=init, dtype=self.dtype,
+    dense = functools.partial(ops.Dense, use_bias=self.transformer_bias, kernel_init=init, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     h = nn.relu(dense(4 * self.d_model, name="ffn_in")(h))
     h = nn.Dropout(self.ff_dropout, deterministic=not train)(h)
@@ -239,6 +243,7 @@ class DreaMS(nn.Module):
   attention_impl: str = "dot_product_attention"
   attention_backend: str | None = None  # jax.nn.dot_product_attention implementation: None (xla) / "cudnn"
   remat_policy: str = "none"
+  layer_forms: str = "auto"  # `vqax.ops.forms`: XLA's own matmuls or the XLA:CPU 2-D forms
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -279,10 +284,19 @@ class DreaMS(nn.Module):
     self.input_dropout = nn.Dropout(self.residual_dropout)
 
   def __call__(self, spec: jax.Array, mz_positions: jax.Array | None = None, *, train: bool = False):
+    with ops.forms.use(self.layer_forms):
+      return self._outputs(spec, mz_positions, train)
+
+  def encode(self, spec: jax.Array, train: bool = False):
+    """[B, N, 2] spectra -> (per-peak outputs [B, N, d_model], aux with 'padding_mask')."""
+    with ops.forms.use(self.layer_forms):
+      return self._encode(spec, train)
+
+  def _outputs(self, spec, mz_positions, train):
     pairs = spec.ndim == 4
     lead = spec.shape[:-2]
     flat = spec.reshape(-1, *spec.shape[-2:])
-    per_peak, aux = self.encode(flat, train)
+    per_peak, aux = self._encode(flat, train)
     outputs = {"per_peak": per_peak, "embedding": per_peak[:, 0]}
     if self.mz_head:
       rows = per_peak
@@ -297,8 +311,7 @@ class DreaMS(nn.Module):
     outputs = {k: (v if k == "ro_logit" else unflat(v)) for k, v in outputs.items()}
     return outputs, {"padding_mask": unflat(aux["padding_mask"])}
 
-  def encode(self, spec: jax.Array, train: bool = False):
-    """[B, N, 2] spectra -> (per-peak outputs [B, N, d_model], aux with 'padding_mask')."""
+  def _encode(self, spec, train):
     padding = spec[:, :, 0] == 0
     mz = spec[..., :1]
     peak_embs = self.ff_peak(spec / jnp.asarray([self.max_mz, 1.0], spec.dtype), train)
@@ -341,6 +354,8 @@ def validate(model: DreaMS) -> None:
       raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
   if model.remat_policy != "none":
     policy_for(model.remat_policy)
+  if model.layer_forms not in ops.forms.LAYER_FORMS:
+    raise ConfigError(f"layer_forms={model.layer_forms!r} is not one of {', '.join(ops.forms.LAYER_FORMS)}")
   if min(model.d_peak, model.d_fourier) <= 0:
     raise ConfigError("d_peak and d_fourier must both be positive (the token is their concatenation)")
   num_mz_bins(model.max_mz, model.hot_mz_bin_size)

@@ -34,7 +34,8 @@ from vqax.models.torch_checkpoint import Opaque, find_state_dict, load_torch_fil
 
 CONFIG_FILE = "dreams_config.json"
 VARIABLES_DIR = "variables"
-_FIELD_NAMES = {f.name for f in dataclasses.fields(DreaMS)} - {"parent", "name", "dtype", "param_dtype"}
+# How a model runs (dtype, layer forms) is the caller's, not the checkpoint's.
+_FIELD_NAMES = {f.name for f in dataclasses.fields(DreaMS)} - {"parent", "name", "dtype", "param_dtype", "layer_forms"}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -20,16 +20,22 @@ from vqax.ops import forms
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
-  """lax.dot_general, with x[..., C] @ W[C, D] computed as a 2-D matmul on XLA:CPU."""
+  """lax.dot_general, with x[..., C...] @ W[C..., D...] computed as a 2-D matmul on XLA:CPU.
+
+  The contracted axes are x's last k and W's first k (nn.Dense: k = 1; nn.DenseGeneral, e.g. attention's
+  [d, heads, head_dim] projections and their [heads, head_dim, d] output, too).
+  """
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  dense = (lhs.ndim > 2 and rhs.ndim == 2 and tuple(lhs_contract) == (lhs.ndim - 1,) and
-           tuple(rhs_contract) == (0,) and not lhs_batch and not rhs_batch)
+  k = len(lhs_contract)
+  dense = (lhs.ndim > 2 and tuple(lhs_contract) == tuple(range(lhs.ndim - k, lhs.ndim)) and
+           tuple(rhs_contract) == tuple(range(k)) and not lhs_batch and not rhs_batch)
   if not dense or not forms.cpu_forms():
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type, **kwargs)
-  out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())), precision=precision,
-                            preferred_element_type=preferred_element_type, **kwargs)
-  return out.reshape(lhs.shape[:-1] + rhs.shape[1:])
+  contracted = math.prod(lhs.shape[lhs.ndim - k:])
+  out = jax.lax.dot_general(lhs.reshape(-1, contracted), rhs.reshape(contracted, -1), (((1,), (0,)), ((), ())),
+                            precision=precision, preferred_element_type=preferred_element_type, **kwargs)
+  return out.reshape(lhs.shape[:lhs.ndim - k] + rhs.shape[k:])
 
 
 def materialized(x: jax.Array, enabled: bool = True) -> jax.Array:

@@ -20,12 +20,14 @@ from vqax.errors import CheckpointError, ConfigError, DataError
 from vqax.models import dreams as dreams_lib
 from vqax.models import dreams_objectives as objectives
 from vqax.models.precision import memory_settings
+from vqax.ops import forms
 from vqax.train.task import BatchSizes, DataInfo, Phase, Program, Task, TrainData
 
 log = logging.getLogger(__name__)
 
-# Fields of c.model that are DreaMS module fields (the rest, e.g. layer_forms, are not the model's).
-RUN_FIELDS = ("dtype", "param_dtype", "remat_policy", "parent", "name")
+# Fields of c.model that are DreaMS module fields; how it runs (dtype, remat, layer forms for the platform)
+# is set by build_model.
+RUN_FIELDS = ("dtype", "param_dtype", "remat_policy", "layer_forms", "parent", "name")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(dreams_lib.DreaMS) if f.name not in RUN_FIELDS)
 ATTENTION_BACKENDS = {"xla": None, "cudnn": "cudnn"}
 FROZEN_FOURIER = ("fourier_enc", "b")
@@ -42,10 +44,15 @@ def model_fields(config) -> dict:
   return fields
 
 
-def build_model(config) -> dreams_lib.DreaMS:
-  """The DreaMS the config describes, computing in its compute dtype with its remat policy."""
+def build_model(config, platform: str | None = None) -> dreams_lib.DreaMS:
+  """The DreaMS the config describes, computing in its compute dtype with its remat policy and the layer
+  forms of `platform` (default: JAX's)."""
   memory = memory_settings(config)
-  model = dreams_lib.DreaMS(**model_fields(config), dtype=memory.dtype, remat_policy=memory.remat_policy)
+  setting = config.model.get("layer_forms", "auto")  # workdirs from before layer_forms have none: auto
+  if setting not in forms.LAYER_FORMS:
+    raise ConfigError(f"model.layer_forms={setting!r}: expected one of {', '.join(forms.LAYER_FORMS)}")
+  model = dreams_lib.DreaMS(**model_fields(config), dtype=memory.dtype, remat_policy=memory.remat_policy,
+                            layer_forms=forms.resolve(setting, platform or jax.default_backend()))
   dreams_lib.validate(model)  # a bad size fails here, as a ConfigError, before anything is traced
   return model
 
@@ -182,7 +189,7 @@ class DreaMSTask(Task):
     return TrainData(loader, info, samples_per_step=batch.global_batch, sample_unit="pairs", summary=summary)
 
   def build(self, info: DataInfo, platform: str) -> "DreaMSProgram":
-    return DreaMSProgram(self.config, build_model(self.config), self.init_variables)
+    return DreaMSProgram(self.config, build_model(self.config, platform), self.init_variables)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
