@@ -73,8 +73,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0  # none, as the official Lightning trainer
   c.epochs = 100
   # Memory: each encoder layer rematerialised in the backward pass (float32: the same numbers). At the
-  # official 256 pairs x 61 tokens this compiles to 12.5 GiB per device against 25.8 GiB without remat and
-  # 32.8 GiB for the official materialized m/z bias (XLA:CPU, tools/bench_memory_dreams.py); --memory_saver
+  # official 256 pairs x 61 tokens this compiles to 11.6 GiB per device against 27.5 GiB without remat and
+  # 34.5 GiB for the official materialized m/z bias (XLA:CPU, tools/bench_memory_dreams.py); --memory_saver
   # adds bfloat16 compute.
   c.remat_policy = "full"
   c.log_every_steps = 20

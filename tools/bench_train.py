@@ -8,8 +8,8 @@
 Needs the torch extra (`pip install -e '.[torch]'`, the CPU build). For each case the runners are worker
 processes of this one (so each one's peak RSS is its own), started from one set of weights:
   vqax             the trainer's own jitted step (`make_trainer` + `compile_train_step`), compiled first;
-  vqax plain       VQ-VAE only: the same step with the textbook layers (strided conv, nn.ConvTranspose-style
-                   lhs-dilated conv, XLA's gradients): what the reformulated layers buy;
+  vqax plain       VQ-VAE and DreaMS: the same step with XLA's own layers (strided conv, nn.ConvTranspose-style
+                   lhs-dilated conv, XLA's gradients; Dense over [B, N, C]): what the XLA:CPU forms buy;
   torch eager      `tools/torch_models.py`: the same architecture, loss, AdamW and clipping; for DreaMS
                    `tools/torch_dreams.py`, the official model's computation (materialized m/z bias, one
                    forward per spectrum of a pair, Adam), its weights carried into vqax by the converter;

@@ -109,7 +109,7 @@ class FeedForward(nn.Module):
     for layer in range(self.depth):
       last = layer == self.depth - 1
       x = ops.Dense(self.out if last else self.hidden, use_bias=self.use_bias, dtype=self.dtype,
-                   param_dtype=self.param_dtype, kernel_init=TORCH_KERNEL_INIT, name=f"dense_{layer}")(x)
+                    param_dtype=self.param_dtype, kernel_init=TORCH_KERNEL_INIT, name=f"dense_{layer}")(x)
       if not last:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
       if not last or self.act_last:
@@ -152,7 +152,7 @@ class SelfAttention(nn.Module):
       out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=keep, scale=scale,
                                          implementation=self.backend)
     return ops.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=self.use_bias, kernel_init=init,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+                            dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
 
 class EncoderLayer(nn.Module):
